@@ -1,0 +1,198 @@
+"""Typed configuration: dataclasses registered with Hydra's ConfigStore, validated once at start.
+
+The controller resolves and validates the config, then hands frozen copies to workers; nothing
+downstream mutates it. A typo in an override or a wrong type fails in Hydra with the key named;
+values out of range fail in :func:`validate` with a one-line message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+
+@dataclass
+class ModelConfig:
+    path: str = "embedded"  # "embedded" (built offline), a local directory, or a Hugging Face name
+    dtype: str = "float32"
+    lora_rank: int = 0  # 0: full fine-tuning
+    lora_alpha: int = 16
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class DataConfig:
+    suite: str = "atlas"
+    train_tasks: int = 2000
+    test_tasks: int = 64
+    seed: int = 0
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "vllm"  # vllm | hf (or a registered engine)
+    num_workers: int = 1
+    num_cpus: float = 1.0  # Ray CPUs reserved per rollout worker
+    group_size: int = 4  # samples per task (GRPO groups; also variance reduction)
+    temperature: float = 1.0
+    eval_temperature: float = 0.0
+    tool_format: str = "hermes"
+    max_turns: int = 6
+    max_response_tokens: int = 320
+    max_tokens_per_turn: int = 48
+    max_model_len: int = 1024
+    gpu_memory_utilization: float = 0.3
+    tool_server: str = "inprocess"  # inprocess | local (start a FastAPI server) | http://host:port
+
+
+@dataclass
+class RewardConfig:
+    source: str = "rule"
+    alpha: float = 1.0  # r_t = (alpha * SuccCalling + Contribution) / (1 + alpha)
+    step_grained: bool = True  # False: ablation "without step-grained reward"
+    num_workers: int = 1
+
+
+@dataclass
+class AlgorithmConfig:
+    estimator: str = "step_gae"  # registry name in steprl.algorithms.advantages
+    gamma: float = 1.0
+    lam: float = 0.95
+    token_level_refine: bool = False
+    whiten_advantages: bool = True
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float | None = None
+    value_clip: float | None = 0.2
+    entropy_coef: float = 0.0
+    loss_agg: str = "token-mean"
+    kl_coef: float = 0.01
+    kl_kind: str = "k3"
+    kl_in: str = "loss"  # loss | reward
+    kl_target: float | None = None  # set for the adaptive controller
+    kl_horizon: float = 10000.0
+    ppo_epochs: int = 2
+    num_mini_batches: int = 2
+    use_critic: bool = True
+
+
+@dataclass
+class WorkerConfig:
+    world_size: int = 2
+    device: str = "cpu"
+    backend: str = "auto"  # auto: gloo on CPU, nccl on CUDA
+    threads: int = 1  # torch threads per worker process
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    actor_lr: float = 2e-4
+    critic_lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+
+
+@dataclass
+class SFTConfig:
+    enabled: bool = True
+    num_demos: int = 1500
+    suboptimal_share: float = 0.35
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 3e-3
+
+
+@dataclass
+class TrainerConfig:
+    total_iterations: int = 12
+    tasks_per_iteration: int = 16
+    eval_every: int = 0  # 0: only before and after RL
+    save_every: int = 0  # 0: only at the end
+    run_dir: str = ""  # empty: runs/<recipe>-<timestamp>
+    seed: int = 0
+    logger: list[str] = field(default_factory=lambda: ["console", "jsonl", "tensorboard"])
+    progress: bool = True
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: RAY_ADDRESS if set, else start a local cluster
+    num_cpus: int | None = None  # logical CPUs of a local cluster
+
+
+@dataclass
+class StepRLConfig:
+    recipe: str = "steptool"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    actor: WorkerConfig = field(default_factory=WorkerConfig)
+    critic: WorkerConfig = field(default_factory=WorkerConfig)
+    ref: WorkerConfig = field(default_factory=lambda: WorkerConfig(world_size=1))
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="base_config", node=StepRLConfig)
+
+
+class ConfigError(ValueError):
+    """A config value is out of range; the message names the key."""
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"config error: {key} {msg}")
+
+
+def validate(cfg: Any) -> StepRLConfig:
+    """Convert to the typed object and check ranges (types were checked by OmegaConf)."""
+    c: StepRLConfig = OmegaConf.to_object(cfg) if not isinstance(cfg, StepRLConfig) else cfg
+    from steprl.algorithms.advantages import ADVANTAGE_ESTIMATORS
+    from steprl.algorithms.losses import AGG_MODES, KL_KINDS
+    from steprl.engines import ENGINES
+
+    _check(c.rollout.engine in ENGINES, "rollout.engine", f"must be one of {sorted(ENGINES)}, got {c.rollout.engine!r}")
+    _check(c.algorithm.estimator in ADVANTAGE_ESTIMATORS, "algorithm.estimator",
+           f"must be one of {sorted(ADVANTAGE_ESTIMATORS)}, got {c.algorithm.estimator!r}")
+    _check(c.algorithm.loss_agg in AGG_MODES, "algorithm.loss_agg", f"must be one of {AGG_MODES}")
+    _check(c.algorithm.kl_kind in KL_KINDS, "algorithm.kl_kind", f"must be one of {KL_KINDS}")
+    _check(c.algorithm.kl_in in ("loss", "reward"), "algorithm.kl_in", "must be 'loss' or 'reward'")
+    _check(0.0 <= c.algorithm.gamma <= 1.0, "algorithm.gamma", f"must be in [0, 1], got {c.algorithm.gamma}")
+    _check(0.0 <= c.algorithm.lam <= 1.0, "algorithm.lam", f"must be in [0, 1], got {c.algorithm.lam}")
+    _check(c.algorithm.kl_coef >= 0, "algorithm.kl_coef", "must be >= 0")
+    _check(c.algorithm.ppo_epochs >= 1, "algorithm.ppo_epochs", "must be >= 1")
+    _check(c.algorithm.num_mini_batches >= 1, "algorithm.num_mini_batches", "must be >= 1")
+    _check(c.reward.alpha >= 0, "reward.alpha", f"must be >= 0, got {c.reward.alpha}")
+    _check(c.rollout.temperature >= 0, "rollout.temperature", "must be >= 0")
+    _check(c.rollout.group_size >= 1, "rollout.group_size", "must be >= 1")
+    _check(c.rollout.max_turns >= 1, "rollout.max_turns", "must be >= 1")
+    _check(c.rollout.max_tokens_per_turn >= 1, "rollout.max_tokens_per_turn", "must be >= 1")
+    _check(c.rollout.max_response_tokens >= c.rollout.max_tokens_per_turn, "rollout.max_response_tokens",
+           "must be >= rollout.max_tokens_per_turn")
+    _check(0.0 < c.rollout.gpu_memory_utilization <= 1.0, "rollout.gpu_memory_utilization", "must be in (0, 1]")
+    _check(c.rollout.num_workers >= 1, "rollout.num_workers", "must be >= 1")
+    for name in ("actor", "critic", "ref"):
+        w: WorkerConfig = getattr(c, name)
+        _check(w.world_size >= 1, f"{name}.world_size", "must be >= 1")
+        _check(w.device in ("cpu", "cuda"), f"{name}.device", "must be 'cpu' or 'cuda'")
+        _check(w.backend in ("auto", "gloo", "nccl"), f"{name}.backend", "must be auto, gloo or nccl")
+    _check(c.trainer.total_iterations >= 0, "trainer.total_iterations", "must be >= 0")
+    _check(c.trainer.tasks_per_iteration >= 1, "trainer.tasks_per_iteration", "must be >= 1")
+    _check(c.data.train_tasks >= c.trainer.tasks_per_iteration, "data.train_tasks", "must be >= trainer.tasks_per_iteration")
+    _check(c.data.test_tasks >= 1, "data.test_tasks", "must be >= 1")
+    _check(0.0 <= c.sft.suboptimal_share <= 1.0, "sft.suboptimal_share", "must be in [0, 1]")
+    _check(c.sft.batch_size >= 1 and c.sft.epochs >= 0, "sft", "batch_size must be >= 1 and epochs >= 0")
+    _check(c.optim.actor_lr > 0 and c.optim.critic_lr > 0, "optim", "learning rates must be > 0")
+    _check(c.model.lora_rank >= 0, "model.lora_rank", "must be >= 0")
+    return c

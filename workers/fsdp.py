@@ -1,0 +1,289 @@
+"""Actor, critic and reference workers: one Ray actor per rank, the model sharded with FSDP2.
+
+Each worker group forms its own process group (gloo on CPU, nccl on CUDA). The controller hands
+every rank an equal shard of the batch (``steprl.modeling.shard_rows``); losses are scaled so that
+the gradient FSDP averages over ranks equals the gradient of the global token-mean loss.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import asdict
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from steprl.algorithms.losses import entropy_from_logits, kl_penalty, masked_mean, ppo_policy_loss, value_loss
+from steprl.config import AlgorithmConfig, ModelConfig, OptimConfig, WorkerConfig
+from steprl.modeling import TensorDict, micro_batches, token_logprobs, trim_padding
+
+
+class FSDPWorker:
+    """Base: process-group setup, model loading and sharding, full-state export."""
+
+    role = "base"
+
+    def __init__(self, rank: int, world_size: int, model_path: str, model_cfg: ModelConfig, worker_cfg: WorkerConfig,
+                 optim_cfg: OptimConfig, algo_cfg: AlgorithmConfig, seed: int) -> None:
+        self.rank, self.world_size = rank, world_size
+        self.model_path, self.model_cfg, self.worker_cfg = model_path, model_cfg, worker_cfg
+        self.optim_cfg, self.algo_cfg = optim_cfg, algo_cfg
+        self.seed = seed
+        torch.set_num_threads(worker_cfg.threads)
+        self.device = torch.device(worker_cfg.device if worker_cfg.device == "cpu" else f"cuda:{torch.cuda.current_device()}")
+
+    def node_ip(self) -> str:
+        import ray
+
+        return ray.util.get_node_ip_address()
+
+    def free_port(self) -> int:
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return s.getsockname()[1]
+
+    def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+        backend = self.worker_cfg.backend
+        if backend == "auto":
+            backend = "nccl" if self.worker_cfg.device == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=self.rank, world_size=self.world_size)
+        torch.manual_seed(self.seed + self.rank)
+        self.model = self._build_model()
+        self._shard(self.model)
+        self.optimizer = self._build_optimizer()
+        return {"rank": self.rank, "pid": os.getpid(), "node": self.node_ip(), "backend": backend}
+
+    def _build_model(self) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, self.model_cfg.dtype))
+
+    def _apply_lora(self, model: torch.nn.Module, task_type: str) -> torch.nn.Module:
+        if self.model_cfg.lora_rank <= 0:
+            return model
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(r=self.model_cfg.lora_rank, lora_alpha=self.model_cfg.lora_alpha,
+                         target_modules=list(self.model_cfg.lora_targets), task_type=task_type)
+        return get_peft_model(model, cfg)
+
+    def _shard(self, model: torch.nn.Module) -> None:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        model.to(self.device)
+        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        for module in model.modules():  # one FSDP unit per decoder layer, then the root
+            if type(module).__name__.endswith("DecoderLayer"):
+                fully_shard(module, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer | None:
+        return None
+
+    def _forward(self, data: TensorDict):
+        return self.model(input_ids=data["input_ids"].to(self.device), attention_mask=data["attention_mask"].to(self.device).long())
+
+    def _global_count(self, mask: torch.Tensor) -> float:
+        """Tokens under ``mask`` summed over ranks (so every rank divides by the same number)."""
+        n = mask.float().sum().reshape(1)
+        dist.all_reduce(n)
+        return float(n.item())
+
+    def _step(self, loss_sum: torch.Tensor) -> float:
+        loss_sum.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad], self.optim_cfg.grad_clip
+        )
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Gather the full (unsharded) state dict; rank 0 gets it, other ranks an empty dict."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return merge_lora(state, self.model_cfg) if self.model_cfg.lora_rank > 0 else state
+
+    def save_hf(self, directory: str, drop_tied: bool = True) -> str | None:
+        """Save a Hugging Face model directory (config + safetensors) that vLLM or HF can load."""
+        from safetensors.torch import save_file
+
+        state = self.full_state_dict()
+        if self.rank != 0:
+            return None
+        os.makedirs(directory, exist_ok=True)
+        config = self._hf_config()
+        if drop_tied and getattr(config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)
+        state = {k: v.contiguous() for k, v in state.items()}
+        tmp = os.path.join(directory, "model.safetensors.tmp")
+        save_file(state, tmp, metadata={"format": "pt"})
+        os.replace(tmp, os.path.join(directory, "model.safetensors"))
+        config.save_pretrained(directory)
+        return directory
+
+    def _hf_config(self):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.model_path)
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def merge_lora(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Fold LoRA adapters into base weights and return plain Hugging Face names (W + s * B @ A)."""
+    scale = cfg.lora_alpha / cfg.lora_rank
+    merged: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if ".lora_" in key:
+            continue
+        name = key.removeprefix("base_model.model.")
+        if ".base_layer." in name:
+            prefix = key.replace(".base_layer.weight", "").replace(".base_layer.bias", "")
+            name = name.replace(".base_layer", "")
+            if key.endswith(".weight"):
+                a, b = state[f"{prefix}.lora_A.default.weight"], state[f"{prefix}.lora_B.default.weight"]
+                value = value + scale * (b.float() @ a.float()).to(value.dtype)
+        merged[name] = value
+    return merged
+
+
+class ActorWorker(FSDPWorker):
+    role = "actor"
+
+    def _build_model(self) -> torch.nn.Module:
+        return self._apply_lora(super()._build_model(), "CAUSAL_LM")
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.optim_cfg.actor_lr, weight_decay=self.optim_cfg.weight_decay)
+
+    @torch.no_grad()
+    def compute_logprobs(self, data: TensorDict) -> torch.Tensor:
+        self.model.eval()
+        full_len = data["input_ids"].shape[1]
+        data = trim_padding(data)
+        out = token_logprobs(self._forward(data).logits, data["input_ids"].to(self.device)).cpu()
+        return torch.nn.functional.pad(out, (0, full_len - out.shape[1]))
+
+    def update_policy(self, data: TensorDict, kl_coef: float = 0.0) -> dict[str, float]:
+        """PPO epochs over mini-batches: clipped surrogate, optional entropy bonus and KL in the loss."""
+        cfg = self.algo_cfg
+        self.model.train()
+        stats: dict[str, list[float]] = {}
+        for _ in range(cfg.ppo_epochs):
+            for mb in micro_batches(data, cfg.num_mini_batches):
+                mb = trim_padding(mb)
+                mask = mb["action_mask"].to(self.device)
+                scale = mask.float().sum().item() / max(self._global_count(mask), 1.0) * self.world_size
+                logits = self._forward(mb).logits
+                ids = mb["input_ids"].to(self.device)
+                logprobs = token_logprobs(logits, ids)
+                loss, metrics = ppo_policy_loss(
+                    logprobs, mb["old_logprobs"].to(self.device), mb["advantages"].to(self.device), mask,
+                    clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, agg=cfg.loss_agg,
+                )
+                metrics["pg_loss"] = float(loss)
+                if cfg.entropy_coef > 0:
+                    entropy = masked_mean(entropy_from_logits(logits[:, :-1].float()), mask[:, 1:])
+                    loss = loss - cfg.entropy_coef * entropy
+                    metrics["entropy"] = float(entropy)
+                if cfg.kl_in == "loss" and "ref_logprobs" in mb and kl_coef > 0:
+                    kl = masked_mean(kl_penalty(logprobs, mb["ref_logprobs"].to(self.device), cfg.kl_kind), mask)
+                    loss = loss + kl_coef * kl
+                    metrics["kl_loss"] = float(kl)
+                metrics["grad_norm"] = self._step(loss * scale)
+                for k, v in metrics.items():
+                    stats.setdefault(k, []).append(v)
+        return {f"actor/{k}": sum(v) / len(v) for k, v in stats.items()}
+
+    def sft_step(self, data: TensorDict, lr: float) -> dict[str, float]:
+        """One supervised step: mean negative log-likelihood of the action tokens (assistant turns)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        data = trim_padding(data)
+        mask = data["action_mask"].to(self.device)
+        scale = mask.float().sum().item() / max(self._global_count(mask), 1.0) * self.world_size
+        logprobs = token_logprobs(self._forward(data).logits, data["input_ids"].to(self.device))
+        nll = -masked_mean(logprobs, mask)
+        grad_norm = self._step(nll * scale)
+        return {"sft/nll": float(nll), "sft/grad_norm": grad_norm}
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+
+class RefWorker(FSDPWorker):
+    """Frozen reference policy for the KL penalty."""
+
+    role = "ref"
+
+    def _build_model(self) -> torch.nn.Module:
+        model = super()._build_model()
+        model.requires_grad_(False)
+        return model
+
+    compute_logprobs = ActorWorker.compute_logprobs
+
+
+class CriticWorker(FSDPWorker):
+    """Value model: the policy's backbone with a scalar head, V(state after token t) at every t."""
+
+    role = "critic"
+
+    def _build_model(self) -> torch.nn.Module:
+        from transformers import AutoModelForTokenClassification
+
+        model = AutoModelForTokenClassification.from_pretrained(
+            self.model_path, num_labels=1, dtype=getattr(torch, self.model_cfg.dtype)
+        )
+        head = model.score if hasattr(model, "score") else model.classifier
+        torch.nn.init.zeros_(head.weight)
+        if getattr(head, "bias", None) is not None:
+            torch.nn.init.zeros_(head.bias)
+        return self._apply_lora(model, "TOKEN_CLS")
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.optim_cfg.critic_lr, weight_decay=self.optim_cfg.weight_decay)
+
+    @torch.no_grad()
+    def compute_values(self, data: TensorDict) -> torch.Tensor:
+        self.model.eval()
+        full_len = data["input_ids"].shape[1]
+        data = trim_padding(data)
+        values = self._forward(data).logits[..., 0].float().cpu()
+        return torch.nn.functional.pad(values, (0, full_len - values.shape[1]))
+
+    def update_critic(self, data: TensorDict) -> dict[str, float]:
+        cfg = self.algo_cfg
+        self.model.train()
+        stats: dict[str, list[float]] = {}
+        for _ in range(cfg.ppo_epochs):
+            for mb in micro_batches(data, cfg.num_mini_batches):
+                mb = trim_padding(mb)
+                mask = mb["value_mask"].to(self.device)
+                scale = mask.float().sum().item() / max(self._global_count(mask), 1.0) * self.world_size
+                values = self._forward(mb).logits[..., 0].float()
+                loss, metrics = value_loss(values, mb["old_values"].to(self.device), mb["returns"].to(self.device), mask,
+                                           clip=cfg.value_clip, agg=cfg.loss_agg)
+                metrics["vf_loss"] = float(loss)
+                metrics["grad_norm"] = self._step(loss * scale)
+                for k, v in metrics.items():
+                    stats.setdefault(k, []).append(v)
+        return {f"critic/{k}": sum(v) / len(v) for k, v in stats.items()}
+
+
+def config_dicts(*cfgs: Any) -> list[dict[str, Any]]:
+    return [asdict(c) for c in cfgs]

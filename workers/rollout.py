@@ -1,0 +1,70 @@
+"""RolloutWorker: an engine (vLLM or transformers) plus the tool environment, running episodes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from steprl.chat import ChatEncoder
+from steprl.engines import get_engine
+from steprl.episode import EpisodeBudget, run_episodes
+from steprl.protocol import Trajectory
+from tools_env.parsers import get_parser
+from tools_env.suite import Task
+
+
+def make_env(tool_server: str) -> Any:
+    """``inprocess`` -> ToolEnv; a URL -> ToolClient speaking to that FastAPI server."""
+    if tool_server == "inprocess":
+        from tools_env.env import ToolEnv
+
+        return ToolEnv()
+    from tools_env.client import ToolClient
+
+    return ToolClient(tool_server)
+
+
+class RolloutWorker:
+    def __init__(self, model_path: str, engine: str, engine_kwargs: dict[str, Any], tool_format: str,
+                 tool_server: str, suites: list[str], budget: EpisodeBudget, threads: int = 1) -> None:
+        import torch
+        from transformers import AutoTokenizer
+
+        torch.set_num_threads(threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.env = make_env(tool_server)
+        self.encoders = {}
+        for suite in suites:
+            tools = self.env.list_tools(suite)
+            from tools_env.suite import get_suite
+
+            self.encoders[suite] = ChatEncoder(self.tokenizer, tools, get_suite(suite).system_prompt)
+        eot = next(iter(self.encoders.values())).eot_id
+        kwargs = dict(engine_kwargs)
+        if engine == "hf":
+            kwargs["pad_token_id"] = self.tokenizer.pad_token_id
+        t0 = time.time()
+        self.engine = get_engine(engine)(model_path, stop_token_ids=[eot], **kwargs)
+        self.startup_seconds = time.time() - t0
+        self.parse = get_parser(tool_format)
+        self.budget = budget
+
+    def ready(self) -> float:
+        return self.startup_seconds
+
+    def rollout(self, tasks: list[dict[str, Any]], temperature: float, seed: int | None,
+                group_ids: list[str] | None = None) -> tuple[list[Trajectory], dict[str, float]]:
+        t0 = time.time()
+        trajs = run_episodes(self.engine, self.env, self.encoders, self.parse, [Task.from_dict(t) for t in tasks],
+                             self.budget, temperature, seed, group_ids)
+        seconds = time.time() - t0
+        generated = sum(sum(t.action_mask) for t in trajs)
+        return trajs, {"rollout/seconds": seconds, "rollout/generated_tokens": generated}
+
+    def load_weights(self, weights_dir: str) -> float:
+        t0 = time.time()
+        self.engine.load_weights(weights_dir)
+        return time.time() - t0
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
