@@ -50,7 +50,9 @@ class ChatEncoder:
         """The tokens of an assistant turn as the engine would have generated them."""
         return self.encode_text(content) + [self.eot_id]
 
-    def observation_ids(self, messages: list[dict[str, Any]], new_messages: list[dict[str, Any]]) -> list[int]:
+    def observation_ids(
+        self, messages: list[dict[str, Any]], new_messages: list[dict[str, Any]]
+    ) -> list[int]:
         """Tokens the template adds after the last assistant turn for ``new_messages`` + next prompt."""
         before = self.render(messages)
         after = self.render(messages + new_messages, add_generation_prompt=True)
@@ -59,7 +61,9 @@ class ChatEncoder:
             raise TemplateError("the rendered conversation has no end-of-turn token")
         cut += len(self.eot_text)
         if after[:cut] != before[:cut]:
-            raise TemplateError("the chat template is not prefix-stable: adding a message changed earlier text")
+            raise TemplateError(
+                "the chat template is not prefix-stable: adding a message changed earlier text"
+            )
         return self.encode_text(after[cut:])
 
     def encode_demonstration(self, task_id: str, messages: list[dict[str, Any]]) -> Trajectory:

@@ -162,9 +162,16 @@ def validate(cfg: Any) -> StepRLConfig:
     from steprl.algorithms.losses import AGG_MODES, KL_KINDS
     from steprl.engines import ENGINES
 
-    _check(c.rollout.engine in ENGINES, "rollout.engine", f"must be one of {sorted(ENGINES)}, got {c.rollout.engine!r}")
-    _check(c.algorithm.estimator in ADVANTAGE_ESTIMATORS, "algorithm.estimator",
-           f"must be one of {sorted(ADVANTAGE_ESTIMATORS)}, got {c.algorithm.estimator!r}")
+    _check(
+        c.rollout.engine in ENGINES,
+        "rollout.engine",
+        f"must be one of {sorted(ENGINES)}, got {c.rollout.engine!r}",
+    )
+    _check(
+        c.algorithm.estimator in ADVANTAGE_ESTIMATORS,
+        "algorithm.estimator",
+        f"must be one of {sorted(ADVANTAGE_ESTIMATORS)}, got {c.algorithm.estimator!r}",
+    )
     _check(c.algorithm.loss_agg in AGG_MODES, "algorithm.loss_agg", f"must be one of {AGG_MODES}")
     _check(c.algorithm.kl_kind in KL_KINDS, "algorithm.kl_kind", f"must be one of {KL_KINDS}")
     _check(c.algorithm.kl_in in ("loss", "reward"), "algorithm.kl_in", "must be 'loss' or 'reward'")
@@ -178,9 +185,14 @@ def validate(cfg: Any) -> StepRLConfig:
     _check(c.rollout.group_size >= 1, "rollout.group_size", "must be >= 1")
     _check(c.rollout.max_turns >= 1, "rollout.max_turns", "must be >= 1")
     _check(c.rollout.max_tokens_per_turn >= 1, "rollout.max_tokens_per_turn", "must be >= 1")
-    _check(c.rollout.max_response_tokens >= c.rollout.max_tokens_per_turn, "rollout.max_response_tokens",
-           "must be >= rollout.max_tokens_per_turn")
-    _check(0.0 < c.rollout.gpu_memory_utilization <= 1.0, "rollout.gpu_memory_utilization", "must be in (0, 1]")
+    _check(
+        c.rollout.max_response_tokens >= c.rollout.max_tokens_per_turn,
+        "rollout.max_response_tokens",
+        "must be >= rollout.max_tokens_per_turn",
+    )
+    _check(
+        0.0 < c.rollout.gpu_memory_utilization <= 1.0, "rollout.gpu_memory_utilization", "must be in (0, 1]"
+    )
     _check(c.rollout.num_workers >= 1, "rollout.num_workers", "must be >= 1")
     for name in ("actor", "critic", "ref"):
         w: WorkerConfig = getattr(c, name)
@@ -189,7 +201,11 @@ def validate(cfg: Any) -> StepRLConfig:
         _check(w.backend in ("auto", "gloo", "nccl"), f"{name}.backend", "must be auto, gloo or nccl")
     _check(c.trainer.total_iterations >= 0, "trainer.total_iterations", "must be >= 0")
     _check(c.trainer.tasks_per_iteration >= 1, "trainer.tasks_per_iteration", "must be >= 1")
-    _check(c.data.train_tasks >= c.trainer.tasks_per_iteration, "data.train_tasks", "must be >= trainer.tasks_per_iteration")
+    _check(
+        c.data.train_tasks >= c.trainer.tasks_per_iteration,
+        "data.train_tasks",
+        "must be >= trainer.tasks_per_iteration",
+    )
     _check(c.data.test_tasks >= 1, "data.test_tasks", "must be >= 1")
     _check(0.0 <= c.sft.suboptimal_share <= 1.0, "sft.suboptimal_share", "must be in [0, 1]")
     _check(c.sft.batch_size >= 1 and c.sft.epochs >= 0, "sft", "batch_size must be >= 1 and epochs >= 0")

@@ -23,7 +23,7 @@ from steprl.algorithms.kl import AdaptiveKLController, FixedKLController, apply_
 from steprl.algorithms.losses import kl_penalty, masked_mean, masked_whiten
 from steprl.config import StepRLConfig
 from steprl.episode import EpisodeBudget
-from steprl.logger import MetricsLogger, plot_curves
+from steprl.logger import MetricsLogger
 from steprl.progress import Progress
 from steprl.protocol import Batch, Trajectory, collate
 from tools_env.suite import Task, get_suite
@@ -44,12 +44,18 @@ class Controller:
         self.rng.shuffle(self.train_tasks)
         self.logger = MetricsLogger(run_dir, cfg.trainer.logger)
         self.progress = Progress(enabled=cfg.trainer.progress)
-        self.sync_dir = Path(tempfile.mkdtemp(prefix="steprl-sync-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+        self.sync_dir = Path(
+            tempfile.mkdtemp(prefix="steprl-sync-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        )
         a = cfg.algorithm
-        self.kl_ctl = (AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon) if a.kl_target
-                       else FixedKLController(a.kl_coef))
-        self.adv_cfg = AdvantageConfig(estimator=a.estimator, gamma=a.gamma, lam=a.lam,
-                                       token_level_refine=a.token_level_refine)
+        self.kl_ctl = (
+            AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon)
+            if a.kl_target
+            else FixedKLController(a.kl_coef)
+        )
+        self.adv_cfg = AdvantageConfig(
+            estimator=a.estimator, gamma=a.gamma, lam=a.lam, token_level_refine=a.token_level_refine
+        )
         self.actor = self.ref = self.critic = None
         self.rollout_workers: list[Any] = []
         self.reward_workers: list[Any] = []
@@ -58,8 +64,19 @@ class Controller:
     # ---- setup -------------------------------------------------------------------------------
     def _group(self, cls: type, wcfg: Any, path: str, name: str) -> WorkerGroup:
         c = self.cfg
-        return WorkerGroup(cls, wcfg.world_size, wcfg.num_cpus, wcfg.num_gpus, name, model_path=path,
-                           model_cfg=c.model, worker_cfg=wcfg, optim_cfg=c.optim, algo_cfg=c.algorithm, seed=c.trainer.seed)
+        return WorkerGroup(
+            cls,
+            wcfg.world_size,
+            wcfg.num_cpus,
+            wcfg.num_gpus,
+            name,
+            model_path=path,
+            model_cfg=c.model,
+            worker_cfg=wcfg,
+            optim_cfg=c.optim,
+            algo_cfg=c.algorithm,
+            seed=c.trainer.seed,
+        )
 
     def start_actor(self) -> None:
         from transformers import AutoTokenizer
@@ -76,32 +93,49 @@ class Controller:
         if c.algorithm.use_critic:
             self.critic = self._group(CriticWorker, c.critic, policy_path, "critic")
         reward_cls = ray.remote(num_cpus=0)(RewardWorker)
-        self.reward_workers = [reward_cls.remote(c.reward.source, c.reward.alpha, c.reward.step_grained)
-                               for _ in range(c.reward.num_workers)]
-        budget = EpisodeBudget(c.rollout.max_turns, c.rollout.max_response_tokens, c.rollout.max_tokens_per_turn)
+        self.reward_workers = [
+            reward_cls.remote(c.reward.source, c.reward.alpha, c.reward.step_grained)
+            for _ in range(c.reward.num_workers)
+        ]
+        budget = EpisodeBudget(
+            c.rollout.max_turns, c.rollout.max_response_tokens, c.rollout.max_tokens_per_turn
+        )
         engine_kwargs = {"dtype": c.model.dtype, "seed": c.trainer.seed}
         if c.rollout.engine == "vllm":
-            engine_kwargs.update(max_model_len=c.rollout.max_model_len,
-                                 gpu_memory_utilization=c.rollout.gpu_memory_utilization)
+            engine_kwargs.update(
+                max_model_len=c.rollout.max_model_len, gpu_memory_utilization=c.rollout.gpu_memory_utilization
+            )
         rollout_cls = ray.remote(num_cpus=c.rollout.num_cpus)(RolloutWorker)
         self.rollout_workers = [
-            rollout_cls.remote(policy_path, c.rollout.engine, engine_kwargs, c.rollout.tool_format,
-                               self.tool_server_url, [c.data.suite], budget)
+            rollout_cls.remote(
+                policy_path,
+                c.rollout.engine,
+                engine_kwargs,
+                c.rollout.tool_format,
+                self.tool_server_url,
+                [c.data.suite],
+                budget,
+            )
             for _ in range(c.rollout.num_workers)
         ]
         startup = ray.get([w.ready.remote() for w in self.rollout_workers])
         self.logger.log(0, {"setup/engine_startup_seconds": max(startup)})
 
     # ---- stages ------------------------------------------------------------------------------
-    def generate(self, tasks: list[Task], group_size: int, temperature: float, seed: int) -> tuple[list[Trajectory], dict]:
+    def generate(
+        self, tasks: list[Task], group_size: int, temperature: float, seed: int
+    ) -> tuple[list[Trajectory], dict]:
         """Episodes for every task ``group_size`` times, spread over the rollout workers."""
         expanded = [t for t in tasks for _ in range(group_size)]
         groups = [t.task_id for t in expanded]
         n = len(self.rollout_workers)
         chunks = [list(range(i, len(expanded), n)) for i in range(n)]
-        futures = [w.rollout.remote([expanded[j].to_dict() for j in idx], temperature, seed + 1000 * i,
-                                    [groups[j] for j in idx])
-                   for i, (w, idx) in enumerate(zip(self.rollout_workers, chunks, strict=True))]
+        futures = [
+            w.rollout.remote(
+                [expanded[j].to_dict() for j in idx], temperature, seed + 1000 * i, [groups[j] for j in idx]
+            )
+            for i, (w, idx) in enumerate(zip(self.rollout_workers, chunks, strict=True))
+        ]
         results = ray.get(futures)
         trajs: list[Trajectory | None] = [None] * len(expanded)
         stats: dict[str, float] = {"rollout/generated_tokens": 0, "rollout/seconds": 0.0}
@@ -115,8 +149,12 @@ class Controller:
 
     def score(self, trajs: list[Trajectory], tasks: list[Task]) -> list[Trajectory]:
         n = len(self.reward_workers)
-        parts = ray.get([w.score.remote(trajs[i::n], [t.to_dict() for t in tasks[i::n]])
-                         for i, w in enumerate(self.reward_workers)])
+        parts = ray.get(
+            [
+                w.score.remote(trajs[i::n], [t.to_dict() for t in tasks[i::n]])
+                for i, w in enumerate(self.reward_workers)
+            ]
+        )
         out: list[Trajectory] = [None] * len(trajs)  # type: ignore[list-item]
         for i, part in enumerate(parts):
             out[i::n] = part
@@ -144,7 +182,9 @@ class Controller:
             adv = masked_whiten(adv, mask)
         data["advantages"], data["returns"], data["value_mask"] = adv, out.returns, out.value_mask
         metrics["advantage_abs_mean"] = float(masked_mean(out.advantages.abs(), mask))
-        metrics["rollout_vs_actor_logprob_diff"] = float(masked_mean((data["old_logprobs"] - batch.rollout_logprobs).abs(), mask))
+        metrics["rollout_vs_actor_logprob_diff"] = float(
+            masked_mean((data["old_logprobs"] - batch.rollout_logprobs).abs(), mask)
+        )
         if values is not None:
             metrics["value_mean"] = float(masked_mean(values, out.value_mask))
         return metrics
@@ -173,8 +213,12 @@ class Controller:
     def iteration(self, it: int) -> dict[str, float]:
         times: dict[str, float] = {}
         t0 = time.time()
-        trajs, rstats = self.generate(self.next_tasks(), self.cfg.rollout.group_size, self.cfg.rollout.temperature,
-                                      seed=self.cfg.trainer.seed * 100003 + it * 977)
+        trajs, rstats = self.generate(
+            self.next_tasks(),
+            self.cfg.rollout.group_size,
+            self.cfg.rollout.temperature,
+            seed=self.cfg.trainer.seed * 100003 + it * 977,
+        )
         times["time/rollout"] = time.time() - t0
         batch = collate(trajs, self.pad_id)
         data = tensors_of(batch)
@@ -191,8 +235,13 @@ class Controller:
         times["time/sync"] = self.sync_weights()
         times["time/iteration"] = time.time() - t0
         gen = rstats["rollout/generated_tokens"]
-        return {**episode_metrics(trajs, prefix="train/"), **metrics, **times, "kl_coef": self.kl_ctl.value,
-                "rollout/tokens_per_second": gen / max(rstats["rollout/seconds"], 1e-9)}
+        return {
+            **episode_metrics(trajs, prefix="train/"),
+            **metrics,
+            **times,
+            "kl_coef": self.kl_ctl.value,
+            "rollout/tokens_per_second": gen / max(rstats["rollout/seconds"], 1e-9),
+        }
 
     def save_checkpoint(self, tag: str) -> Path:
         """A complete checkpoint directory, written under a temporary name and renamed when whole."""
@@ -202,8 +251,10 @@ class Controller:
         self.actor.call_all("save_hf", str(tmp / "actor"))
         self.tokenizer.save_pretrained(tmp / "actor")
         if self.critic is not None:
-            self.critic.call_all("save_hf", str(tmp / "critic"), False)
-        (tmp / "trainer_state.json").write_text(json.dumps({"tag": tag, "cursor": self.cursor, "kl": self.kl_ctl.state_dict()}))
+            self.critic.call_all("save_hf", str(tmp / "critic"))
+        (tmp / "trainer_state.json").write_text(
+            json.dumps({"tag": tag, "cursor": self.cursor, "kl": self.kl_ctl.state_dict()})
+        )
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         return final

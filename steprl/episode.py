@@ -48,7 +48,9 @@ def run_episodes(
     live: list[_Live] = []
     for i, task in enumerate(tasks):
         messages, prompt_ids = encoders[task.suite].start(task.question)
-        traj = Trajectory(task_id=task.task_id, prompt_ids=prompt_ids, group_id=group_ids[i] if group_ids else task.task_id)
+        traj = Trajectory(
+            task_id=task.task_id, prompt_ids=prompt_ids, group_id=group_ids[i] if group_ids else task.task_id
+        )
         traj.meta["suite"] = task.suite
         live.append(_Live(traj, task, messages, env.open_session(task), i))
     finished: list[_Live] = []

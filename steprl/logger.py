@@ -15,7 +15,8 @@ class MetricsLogger:
         unknown = self.backends - {"console", "jsonl", "tensorboard", "wandb"}
         if unknown:
             raise ValueError(f"unknown logger backend(s) {sorted(unknown)}")
-        self.jsonl = open(run_dir / "metrics.jsonl", "a") if "jsonl" in self.backends else None
+        # kept open for the whole run (appended and flushed per row), closed in close()
+        self.jsonl = open(run_dir / "metrics.jsonl", "a") if "jsonl" in self.backends else None  # noqa: SIM115
         self.tb = None
         if "tensorboard" in self.backends:
             from torch.utils.tensorboard import SummaryWriter

@@ -45,7 +45,9 @@ def load_config(argv: list[str]):
     register_configs()
     try:
         with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
-            cfg = compose(config_name=recipe, overrides=overrides + [f"hydra.searchpath=[file://{CONFIGS_DIR}]"])
+            cfg = compose(
+                config_name=recipe, overrides=overrides + [f"hydra.searchpath=[file://{CONFIGS_DIR}]"]
+            )
         typed = validate(cfg)
     except (HydraException, OmegaConfBaseException) as e:
         cause = f" ({_first_line(e.__cause__)})" if e.__cause__ else ""
@@ -68,7 +70,9 @@ def resolve_model(path: str) -> str:
     p = Path(path).expanduser()
     if p.exists():
         if not (p / "config.json").exists():
-            raise UserError(f"model path {path} exists but has no config.json (not a Hugging Face model directory)")
+            raise UserError(
+                f"model path {path} exists but has no config.json (not a Hugging Face model directory)"
+            )
         return str(p.resolve())
     if path.startswith((".", "/", "~")):
         raise UserError(f"model path {path} does not exist")
@@ -77,11 +81,17 @@ def resolve_model(path: str) -> str:
 
         return snapshot_download(path, local_files_only=os.environ.get("HF_HUB_OFFLINE", "1") == "1")
     except Exception as e:
-        raise UserError(f"model {path!r} is neither a local directory nor in the Hugging Face cache ({type(e).__name__})") from e
+        raise UserError(
+            f"model {path!r} is neither a local directory nor in the Hugging Face cache ({type(e).__name__})"
+        ) from e
 
 
 def make_run_dir(cfg) -> Path:
-    run_dir = Path(cfg.trainer.run_dir) if cfg.trainer.run_dir else REPO / "runs" / f"{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = (
+        Path(cfg.trainer.run_dir)
+        if cfg.trainer.run_dir
+        else REPO / "runs" / f"{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(f"run directory {run_dir} already exists and is not empty")
     return run_dir
@@ -93,11 +103,16 @@ def init_ray(cfg) -> None:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     env = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "VLLM_CONFIGURE_LOGGING": "0"}
     verbose = os.environ.get("STEPRL_VERBOSE") == "1"
-    if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose)
+    os.environ.update(env)
+    if address:  # join the cluster (a `ray job submit` driver keeps its job's runtime env)
+        ray.init(address=address, log_to_driver=verbose)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus or max(8, os.cpu_count() or 1), include_dashboard=False,
-                 runtime_env={"env_vars": env}, log_to_driver=verbose)
+        ray.init(
+            num_cpus=cfg.ray.num_cpus or max(8, os.cpu_count() or 1),
+            include_dashboard=False,
+            runtime_env={"env_vars": env},
+            log_to_driver=verbose,
+        )
 
 
 def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, Any]:
@@ -114,10 +129,16 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
         ctl.start_actor()
         policy_path = model_path
         if cfg.sft.enabled and cfg.sft.epochs > 0:
-            encoder = ChatEncoder(ctl.tokenizer, [t.schema() for t in ctl.suite.tools()], ctl.suite.system_prompt)
+            encoder = ChatEncoder(
+                ctl.tokenizer, [t.schema() for t in ctl.suite.tools()], ctl.suite.system_prompt
+            )
             demo_tasks = ctl.suite.tasks("train", cfg.sft.num_demos, cfg.data.seed + 1)
-            demos = demonstration_trajectories(ctl.suite, demo_tasks, encoder, cfg.sft.suboptimal_share, cfg.trainer.seed)
-            p.stage(f"SFT cold start on {len(demos)} demonstrations ({cfg.sft.suboptimal_share:.0%} with a suboptimal step)")
+            demos = demonstration_trajectories(
+                ctl.suite, demo_tasks, encoder, cfg.sft.suboptimal_share, cfg.trainer.seed
+            )
+            p.stage(
+                f"SFT cold start on {len(demos)} demonstrations ({cfg.sft.suboptimal_share:.0%} with a suboptimal step)"
+            )
 
             def on_step(step: int, total: int, m: dict[str, float]) -> None:
                 p.bar(step, total, f"nll {m['sft/nll']:.3f}")
@@ -126,7 +147,16 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
             def sft_step(tensors, lr):
                 return ctl.actor.mean_metrics("sft_step", tensors, lr=lr)
 
-            run_sft(sft_step, demos, ctl.pad_id, cfg.sft.epochs, cfg.sft.batch_size, cfg.sft.lr, cfg.trainer.seed, on_step)
+            run_sft(
+                sft_step,
+                demos,
+                ctl.pad_id,
+                cfg.sft.epochs,
+                cfg.sft.batch_size,
+                cfg.sft.lr,
+                cfg.trainer.seed,
+                on_step,
+            )
             policy_path = str(ctl.save_checkpoint("sft") / "actor")
         p.stage(f"starting rollout ({cfg.rollout.engine}), reward, reference and critic workers")
         ctl.start_rest(policy_path)
@@ -135,7 +165,9 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
         ctl.logger.log(0, {**start_eval, "eval/pass_rate": start_eval["eval/start/pass_rate"]})
         p.stage(f"held-out pass rate before RL: {start_eval['eval/start/pass_rate']:.3f}")
         total = cfg.trainer.total_iterations
-        p.stage(f"RL: {total} iterations x {cfg.trainer.tasks_per_iteration} tasks x {cfg.rollout.group_size} samples")
+        p.stage(
+            f"RL: {total} iterations x {cfg.trainer.tasks_per_iteration} tasks x {cfg.rollout.group_size} samples"
+        )
         for it in range(1, total + 1):
             metrics = ctl.iteration(it)
             if cfg.trainer.eval_every and it % cfg.trainer.eval_every == 0 and it < total:

@@ -50,4 +50,7 @@ def micro_batches(data: TensorDict, num: int) -> list[TensorDict]:
 def trim_padding(data: TensorDict) -> TensorDict:
     """Drop trailing columns that are padding in every row (less compute per micro-batch)."""
     length = int(data["attention_mask"].sum(-1).max().item()) if data["attention_mask"].any() else 1
-    return {k: (v[:, :length] if v.dim() >= 2 and v.shape[1] == data["attention_mask"].shape[1] else v) for k, v in data.items()}
+    return {
+        k: (v[:, :length] if v.dim() >= 2 and v.shape[1] == data["attention_mask"].shape[1] else v)
+        for k, v in data.items()
+    }

@@ -59,7 +59,9 @@ class Trajectory:
     group_id: str = ""  # same prompt -> same group (GRPO/RLOO)
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def append(self, ids: list[int], *, is_action: bool, step: int, logprobs: list[float] | None = None) -> None:
+    def append(
+        self, ids: list[int], *, is_action: bool, step: int, logprobs: list[float] | None = None
+    ) -> None:
         """Append a span of tokens; action spans carry their sampling log-probs."""
         n = len(ids)
         self.response_ids.extend(ids)
@@ -85,7 +87,9 @@ class Trajectory:
         n = len(self.response_ids)
         for name in ("action_mask", "obs_mask", "step_index", "rollout_logprobs"):
             if len(getattr(self, name)) != n:
-                raise ValueError(f"{self.task_id}: {name} has {len(getattr(self, name))} entries for {n} tokens")
+                raise ValueError(
+                    f"{self.task_id}: {name} has {len(getattr(self, name))} entries for {n} tokens"
+                )
         for a, o in zip(self.action_mask, self.obs_mask, strict=True):
             if a + o != 1:
                 raise ValueError(f"{self.task_id}: a response token must be exactly one of action/obs")

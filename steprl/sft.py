@@ -13,10 +13,13 @@ from steprl.protocol import Trajectory, collate
 from tools_env.suite import Suite, Task
 
 
-def demonstration_trajectories(suite: Suite, tasks: list[Task], encoder: ChatEncoder, suboptimal_share: float,
-                               seed: int) -> list[Trajectory]:
+def demonstration_trajectories(
+    suite: Suite, tasks: list[Task], encoder: ChatEncoder, suboptimal_share: float, seed: int
+) -> list[Trajectory]:
     rng = random.Random(seed)
-    return [encoder.encode_demonstration(t.task_id, suite.demonstration(t, rng, suboptimal_share)) for t in tasks]
+    return [
+        encoder.encode_demonstration(t.task_id, suite.demonstration(t, rng, suboptimal_share)) for t in tasks
+    ]
 
 
 def sft_tensors(trajs: list[Trajectory], pad_id: int) -> TensorDict:
@@ -33,9 +36,16 @@ def lr_at(step: int, total: int, peak: float, warmup_frac: float = 0.1) -> float
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def run_sft(train_step: Callable[[TensorDict, float], dict[str, float]], trajs: list[Trajectory], pad_id: int,
-            epochs: int, batch_size: int, lr: float, seed: int,
-            on_step: Callable[[int, int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+def run_sft(
+    train_step: Callable[[TensorDict, float], dict[str, float]],
+    trajs: list[Trajectory],
+    pad_id: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
     """Shuffled mini-batches for ``epochs``; ``train_step(tensors, lr)`` runs one optimizer step."""
     rng = random.Random(seed)
     per_epoch = math.ceil(len(trajs) / batch_size)

@@ -27,6 +27,7 @@ class ToolEnv:
 
     def __init__(self, max_observation_chars: int = MAX_OBSERVATION_CHARS) -> None:
         self._suites: dict[str, Suite] = {}
+        self._tools: dict[str, dict[str, Any]] = {}
         self._sessions: dict[str, tuple[Suite, Task, dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self.max_observation_chars = max_observation_chars
@@ -53,7 +54,9 @@ class ToolEnv:
             if session_id not in self._sessions:
                 raise SessionError(f"no open session {session_id!r}")
             suite, _task, state = self._sessions[session_id]
-        tools = {t.name: t for t in suite.tools()}
+            if suite.name not in self._tools:  # building Tool objects inspects signatures: do it once
+                self._tools[suite.name] = {t.name: t for t in suite.tools()}
+            tools = self._tools[suite.name]
         return [self._run(tools, state, c) for c in calls]
 
     def close_session(self, session_id: str) -> dict[str, Any]:

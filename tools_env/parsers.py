@@ -132,7 +132,9 @@ def parse_react(text: str) -> ParsedTurn:
         return ParsedTurn(error="'Action:' names no tool")
     inputs = list(_REACT_INPUT.finditer(text))
     if len(inputs) != 1:
-        return ParsedTurn(error=f"expected one 'Action Input:' line after 'Action: {name}', found {len(inputs)}")
+        return ParsedTurn(
+            error=f"expected one 'Action Input:' line after 'Action: {name}', found {len(inputs)}"
+        )
     if inputs[0].start() < _REACT_ACTION.search(text).start():
         return ParsedTurn(error="'Action Input:' must come after 'Action:'")
     raw = text[inputs[0].end() :].strip()
@@ -144,7 +146,9 @@ def parse_react(text: str) -> ParsedTurn:
         except json.JSONDecodeError as e:
             return ParsedTurn(error=f"Action Input of {name} is not valid JSON: {e.msg} at column {e.colno}")
         if raw[end:].strip():
-            return ParsedTurn(error=f"unexpected text after the Action Input JSON of {name}: {raw[end:].strip()[:40]!r}")
+            return ParsedTurn(
+                error=f"unexpected text after the Action Input JSON of {name}: {raw[end:].strip()[:40]!r}"
+            )
     if name == REACT_FINISH:
         return _react_finish(args)
     if not isinstance(args, dict):
@@ -167,7 +171,9 @@ def _call_name(node: ast.expr) -> str | None:
 
 def _literal(node: ast.expr) -> Any:
     """A JSON-like literal: tuples become lists; sets, names and anything computed are refused."""
-    if isinstance(node, ast.Constant) and (node.value is None or isinstance(node.value, bool | int | float | str)):
+    if isinstance(node, ast.Constant) and (
+        node.value is None or isinstance(node.value, bool | int | float | str)
+    ):
         return node.value
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
         value = _literal(node.operand)
@@ -183,7 +189,9 @@ def _literal(node: ast.expr) -> Any:
                 raise ValueError("dictionary keys must be strings")
             out[key] = _literal(v)
         return out
-    raise ValueError(f"`{ast.unparse(node)[:40]}` is not a literal (number, string, list, dict, True/False/None)")
+    raise ValueError(
+        f"`{ast.unparse(node)[:40]}` is not a literal (number, string, list, dict, True/False/None)"
+    )
 
 
 def _parse_call_line(line: str, index: int) -> ToolCall | str:

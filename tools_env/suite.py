@@ -68,6 +68,10 @@ class Suite(ABC):
     def tasks(self, split: str, n: int, seed: int) -> list[Task]:
         """Generate ``n`` tasks of ``split`` ("train" or "test") deterministically from ``seed``."""
 
+    def entity_tokens(self) -> list[str]:
+        """Names a tiny embedded tokenizer should keep whole (so a 1M-parameter model can copy them)."""
+        return []
+
     def initial_state(self, task: Task) -> dict[str, Any]:
         return {}
 
@@ -101,6 +105,10 @@ def register_suite(name: str):
 def get_suite(name: str) -> Suite:
     import tools_env.suites  # noqa: F401  (registers the built-in suites)
 
+    if name not in SUITES:
+        from tools_env.plugins import load_entry_points
+
+        load_entry_points()
     if name not in SUITES:
         raise KeyError(f"unknown task suite {name!r}; known: {sorted(SUITES)}")
     return SUITES[name]()

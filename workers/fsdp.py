@@ -25,14 +25,25 @@ class FSDPWorker:
 
     role = "base"
 
-    def __init__(self, rank: int, world_size: int, model_path: str, model_cfg: ModelConfig, worker_cfg: WorkerConfig,
-                 optim_cfg: OptimConfig, algo_cfg: AlgorithmConfig, seed: int) -> None:
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        model_path: str,
+        model_cfg: ModelConfig,
+        worker_cfg: WorkerConfig,
+        optim_cfg: OptimConfig,
+        algo_cfg: AlgorithmConfig,
+        seed: int,
+    ) -> None:
         self.rank, self.world_size = rank, world_size
         self.model_path, self.model_cfg, self.worker_cfg = model_path, model_cfg, worker_cfg
         self.optim_cfg, self.algo_cfg = optim_cfg, algo_cfg
         self.seed = seed
         torch.set_num_threads(worker_cfg.threads)
-        self.device = torch.device(worker_cfg.device if worker_cfg.device == "cpu" else f"cuda:{torch.cuda.current_device()}")
+        self.device = torch.device(
+            worker_cfg.device if worker_cfg.device == "cpu" else f"cuda:{torch.cuda.current_device()}"
+        )
 
     def node_ip(self) -> str:
         import ray
@@ -59,15 +70,21 @@ class FSDPWorker:
     def _build_model(self) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, self.model_cfg.dtype))
+        return AutoModelForCausalLM.from_pretrained(
+            self.model_path, dtype=getattr(torch, self.model_cfg.dtype)
+        )
 
     def _apply_lora(self, model: torch.nn.Module, task_type: str) -> torch.nn.Module:
         if self.model_cfg.lora_rank <= 0:
             return model
         from peft import LoraConfig, get_peft_model
 
-        cfg = LoraConfig(r=self.model_cfg.lora_rank, lora_alpha=self.model_cfg.lora_alpha,
-                         target_modules=list(self.model_cfg.lora_targets), task_type=task_type)
+        cfg = LoraConfig(
+            r=self.model_cfg.lora_rank,
+            lora_alpha=self.model_cfg.lora_alpha,
+            target_modules=list(self.model_cfg.lora_targets),
+            task_type=task_type,
+        )
         return get_peft_model(model, cfg)
 
     def _shard(self, model: torch.nn.Module) -> None:
@@ -85,7 +102,10 @@ class FSDPWorker:
         return None
 
     def _forward(self, data: TensorDict):
-        return self.model(input_ids=data["input_ids"].to(self.device), attention_mask=data["attention_mask"].to(self.device).long())
+        return self.model(
+            input_ids=data["input_ids"].to(self.device),
+            attention_mask=data["attention_mask"].to(self.device).long(),
+        )
 
     def _global_count(self, mask: torch.Tensor) -> float:
         """Tokens under ``mask`` summed over ranks (so every rank divides by the same number)."""
@@ -108,11 +128,17 @@ class FSDPWorker:
         """Gather the full (unsharded) state dict; rank 0 gets it, other ranks an empty dict."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = get_model_state_dict(
+            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
         return merge_lora(state, self.model_cfg) if self.model_cfg.lora_rank > 0 else state
 
-    def save_hf(self, directory: str, drop_tied: bool = True) -> str | None:
-        """Save a Hugging Face model directory (config + safetensors) that vLLM or HF can load."""
+    def save_hf(self, directory: str) -> str | None:
+        """Save a Hugging Face model directory (config + safetensors) that vLLM or HF can load.
+
+        Tied weights are written under both names: vLLM's in-place ``reload_weights`` on CPU keeps
+        serving the old output projection when ``lm_head.weight`` is missing from the files.
+        """
         from safetensors.torch import save_file
 
         state = self.full_state_dict()
@@ -120,9 +146,11 @@ class FSDPWorker:
             return None
         os.makedirs(directory, exist_ok=True)
         config = self._hf_config()
-        if drop_tied and getattr(config, "tie_word_embeddings", False):
-            state.pop("lm_head.weight", None)
-        state = {k: v.contiguous() for k, v in state.items()}
+        seen: set[int] = set()
+        for key, value in state.items():  # safetensors refuses tensors that share storage
+            ptr = value.untyped_storage().data_ptr()
+            state[key] = value.clone().contiguous() if ptr in seen else value.contiguous()
+            seen.add(ptr)
         tmp = os.path.join(directory, "model.safetensors.tmp")
         save_file(state, tmp, metadata={"format": "pt"})
         os.replace(tmp, os.path.join(directory, "model.safetensors"))
@@ -189,8 +217,14 @@ class ActorWorker(FSDPWorker):
                 ids = mb["input_ids"].to(self.device)
                 logprobs = token_logprobs(logits, ids)
                 loss, metrics = ppo_policy_loss(
-                    logprobs, mb["old_logprobs"].to(self.device), mb["advantages"].to(self.device), mask,
-                    clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, agg=cfg.loss_agg,
+                    logprobs,
+                    mb["old_logprobs"].to(self.device),
+                    mb["advantages"].to(self.device),
+                    mask,
+                    clip_low=cfg.clip_low,
+                    clip_high=cfg.clip_high,
+                    dual_clip=cfg.dual_clip,
+                    agg=cfg.loss_agg,
                 )
                 metrics["pg_loss"] = float(loss)
                 if cfg.entropy_coef > 0:
@@ -198,7 +232,9 @@ class ActorWorker(FSDPWorker):
                     loss = loss - cfg.entropy_coef * entropy
                     metrics["entropy"] = float(entropy)
                 if cfg.kl_in == "loss" and "ref_logprobs" in mb and kl_coef > 0:
-                    kl = masked_mean(kl_penalty(logprobs, mb["ref_logprobs"].to(self.device), cfg.kl_kind), mask)
+                    kl = masked_mean(
+                        kl_penalty(logprobs, mb["ref_logprobs"].to(self.device), cfg.kl_kind), mask
+                    )
                     loss = loss + kl_coef * kl
                     metrics["kl_loss"] = float(kl)
                 metrics["grad_norm"] = self._step(loss * scale)
@@ -256,7 +292,9 @@ class CriticWorker(FSDPWorker):
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.optim_cfg.critic_lr, weight_decay=self.optim_cfg.weight_decay)
+        return torch.optim.AdamW(
+            params, lr=self.optim_cfg.critic_lr, weight_decay=self.optim_cfg.weight_decay
+        )
 
     @torch.no_grad()
     def compute_values(self, data: TensorDict) -> torch.Tensor:
@@ -276,8 +314,14 @@ class CriticWorker(FSDPWorker):
                 mask = mb["value_mask"].to(self.device)
                 scale = mask.float().sum().item() / max(self._global_count(mask), 1.0) * self.world_size
                 values = self._forward(mb).logits[..., 0].float()
-                loss, metrics = value_loss(values, mb["old_values"].to(self.device), mb["returns"].to(self.device), mask,
-                                           clip=cfg.value_clip, agg=cfg.loss_agg)
+                loss, metrics = value_loss(
+                    values,
+                    mb["old_values"].to(self.device),
+                    mb["returns"].to(self.device),
+                    mask,
+                    clip=cfg.value_clip,
+                    agg=cfg.loss_agg,
+                )
                 metrics["vf_loss"] = float(loss)
                 metrics["grad_norm"] = self._step(loss * scale)
                 for k, v in metrics.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import ray
@@ -13,8 +14,9 @@ from steprl.modeling import TensorDict, shard_rows
 class WorkerGroup:
     """``world_size`` Ray actors of one FSDP worker class sharing a process group."""
 
-    def __init__(self, worker_cls: type, world_size: int, num_cpus: float, num_gpus: float, name: str,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, worker_cls: type, world_size: int, num_cpus: float, num_gpus: float, name: str, **kwargs: Any
+    ) -> None:
         remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(worker_cls)
         self.name = name
         self.workers = [
@@ -32,7 +34,9 @@ class WorkerGroup:
     def scatter(self, method: str, data: TensorDict, **kwargs: Any) -> list[Any]:
         """Call ``method`` on every rank with its shard of ``data``; return the per-rank results."""
         shards = shard_rows(data, self.world_size)
-        return ray.get([getattr(w, method).remote(s, **kwargs) for w, s in zip(self.workers, shards, strict=True)])
+        return ray.get(
+            [getattr(w, method).remote(s, **kwargs) for w, s in zip(self.workers, shards, strict=True)]
+        )
 
     def gather_rows(self, method: str, data: TensorDict) -> torch.Tensor:
         """A per-row tensor result (log-probs, values) back in the original row order."""
@@ -48,9 +52,7 @@ class WorkerGroup:
         return ray.get([getattr(w, method).remote(*args, **kwargs) for w in self.workers])
 
     def shutdown(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # a dead worker cannot be shut down politely
             ray.get([w.shutdown.remote() for w in self.workers], timeout=30)
-        except Exception:  # a dead worker cannot be shut down politely
-            pass
         for w in self.workers:
             ray.kill(w)

@@ -34,11 +34,17 @@ def rule_source(traj: Trajectory, task: Task) -> tuple[list[float], list[float],
     succ = [s.succ_calling for s in tool_steps]
     contrib = suite.contributions(task, [s.info for s in tool_steps], traj.final_answer)
     answered = bool(traj.steps) and traj.steps[-1].is_final
-    solved = suite.final_answer_correct(task, traj.final_answer, traj.meta.get("final_state") or {}) if answered else None
+    solved = (
+        suite.final_answer_correct(task, traj.final_answer, traj.meta.get("final_state") or {})
+        if answered
+        else None
+    )
     return succ, contrib, solved
 
 
-def score_trajectory(traj: Trajectory, task: Task, source: str, alpha: float, step_grained: bool) -> Trajectory:
+def score_trajectory(
+    traj: Trajectory, task: Task, source: str, alpha: float, step_grained: bool
+) -> Trajectory:
     succ, contrib, solved = REWARD_SOURCES[source](traj, task)
     rewards = shape_step_rewards(succ, contrib, solved, alpha, step_grained=step_grained)
     tool_steps = [s for s in traj.steps if not s.is_final]
@@ -58,5 +64,7 @@ class RewardWorker:
         self.source, self.alpha, self.step_grained = source, alpha, step_grained
 
     def score(self, trajs: list[Trajectory], tasks: list[dict[str, Any]]) -> list[Trajectory]:
-        return [score_trajectory(t, Task.from_dict(d), self.source, self.alpha, self.step_grained)
-                for t, d in zip(trajs, tasks, strict=True)]
+        return [
+            score_trajectory(t, Task.from_dict(d), self.source, self.alpha, self.step_grained)
+            for t, d in zip(trajs, tasks, strict=True)
+        ]

@@ -25,11 +25,24 @@ def make_env(tool_server: str) -> Any:
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, engine: str, engine_kwargs: dict[str, Any], tool_format: str,
-                 tool_server: str, suites: list[str], budget: EpisodeBudget, threads: int = 1) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        engine: str,
+        engine_kwargs: dict[str, Any],
+        tool_format: str,
+        tool_server: str,
+        suites: list[str],
+        budget: EpisodeBudget,
+        threads: int = 1,
+    ) -> None:
+        import os
+
         import torch
         from transformers import AutoTokenizer
 
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         torch.set_num_threads(threads)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.env = make_env(tool_server)
@@ -52,11 +65,25 @@ class RolloutWorker:
     def ready(self) -> float:
         return self.startup_seconds
 
-    def rollout(self, tasks: list[dict[str, Any]], temperature: float, seed: int | None,
-                group_ids: list[str] | None = None) -> tuple[list[Trajectory], dict[str, float]]:
+    def rollout(
+        self,
+        tasks: list[dict[str, Any]],
+        temperature: float,
+        seed: int | None,
+        group_ids: list[str] | None = None,
+    ) -> tuple[list[Trajectory], dict[str, float]]:
         t0 = time.time()
-        trajs = run_episodes(self.engine, self.env, self.encoders, self.parse, [Task.from_dict(t) for t in tasks],
-                             self.budget, temperature, seed, group_ids)
+        trajs = run_episodes(
+            self.engine,
+            self.env,
+            self.encoders,
+            self.parse,
+            [Task.from_dict(t) for t in tasks],
+            self.budget,
+            temperature,
+            seed,
+            group_ids,
+        )
         seconds = time.time() - t0
         generated = sum(sum(t.action_mask) for t in trajs)
         return trajs, {"rollout/seconds": seconds, "rollout/generated_tokens": generated}

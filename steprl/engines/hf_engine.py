@@ -9,12 +9,22 @@ from steprl.engines.base import Generation, RolloutEngine
 
 
 class HFEngine(RolloutEngine):
-    def __init__(self, model_path: str, stop_token_ids: list[int], pad_token_id: int, dtype: str = "float32",
-                 device: str = "cpu", seed: int = 0, **_: object) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        stop_token_ids: list[int],
+        pad_token_id: int,
+        dtype: str = "float32",
+        device: str = "cpu",
+        seed: int = 0,
+        **_: object,
+    ) -> None:
         from transformers import AutoModelForCausalLM
 
         self.device = torch.device(device)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(self.device)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(
+            self.device
+        )
         self.model.eval()
         self.stop = torch.tensor(stop_token_ids, device=self.device)
         self.pad_token_id = pad_token_id
@@ -30,8 +40,8 @@ class HFEngine(RolloutEngine):
         ids = torch.full((B, L), self.pad_token_id, dtype=torch.long, device=self.device)
         mask = torch.zeros(B, L, dtype=torch.long, device=self.device)
         for b, p in enumerate(prompts):  # left padding so every row's next token is at the end
-            ids[b, L - len(p):] = torch.tensor(p)
-            mask[b, L - len(p):] = 1
+            ids[b, L - len(p) :] = torch.tensor(p)
+            mask[b, L - len(p) :] = 1
         budget = torch.tensor(max_tokens, device=self.device)
         active = budget > 0
         out_ids: list[list[int]] = [[] for _ in range(B)]
@@ -40,9 +50,14 @@ class HFEngine(RolloutEngine):
         past, step_input = None, ids
         position = (mask.cumsum(-1) - 1).clamp(min=0)
         step_pos = position
-        for t in range(int(budget.max().item()) if B else 0):
-            out = self.model(input_ids=step_input, attention_mask=mask, position_ids=step_pos,
-                             past_key_values=past, use_cache=True)
+        for _t in range(int(budget.max().item()) if B else 0):
+            out = self.model(
+                input_ids=step_input,
+                attention_mask=mask,
+                position_ids=step_pos,
+                past_key_values=past,
+                use_cache=True,
+            )
             past = out.past_key_values
             logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
             if temperature > 0:
@@ -75,4 +90,6 @@ class HFEngine(RolloutEngine):
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         missing = [m for m in missing if not m.endswith("lm_head.weight")]  # tied to the embeddings
         if missing or unexpected:
-            raise RuntimeError(f"weights in {weights_dir} do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+            raise RuntimeError(
+                f"weights in {weights_dir} do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )

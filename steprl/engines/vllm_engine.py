@@ -61,6 +61,9 @@ class VLLMEngine(RolloutEngine):
         # in-place reload from safetensors: works on the CPU engine, where load_weights on the live
         # model does not (its linear weights are repacked after loading)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": weights_dir})
+        # cached KV blocks were computed by the old weights: a shared prompt prefix (the system
+        # prompt of every episode) would otherwise be served stale after the sync
+        self.llm.reset_prefix_cache()
 
     def shutdown(self) -> None:
         del self.llm

@@ -24,11 +24,13 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Tool-call markers are ordinary (non-special) added tokens: they survive decoding, so the parser sees them.
 TOOL_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
 TEMPLATE_PATH = Path(__file__).with_name("chat_template.jinja")
-BUILD_VERSION = 1
+BUILD_VERSION = 3
 
 
 @dataclass(frozen=True)
 class TinyModelSpec:
+    """Shape of the embedded model, and its short synthetic pretraining (copy and recall)."""
+
     vocab_size: int = 1024
     hidden_size: int = 128
     intermediate_size: int = 384
@@ -37,6 +39,9 @@ class TinyModelSpec:
     num_key_value_heads: int = 2
     max_position_embeddings: int = 1024
     seed: int = 0
+    pretrain_steps: int = 600
+    pretrain_lr: float = 1e-3
+    pretrain_batch: int = 32
 
 
 def default_cache_dir() -> Path:
@@ -91,8 +96,21 @@ def build_tokenizer(spec: TinyModelSpec):
         pad_token="<|endoftext|>",
         additional_special_tokens=["<|im_start|>"],
     )
+    # whole numbers below 1000 are single tokens (as the 1-3 digit chunks of GPT-4/Llama-3 tokenizers),
+    # and so are the suites' entity names: copying a value is then one attention lookup
+    fast.add_tokens([str(i) for i in range(1000)] + _entity_tokens())
     fast.chat_template = TEMPLATE_PATH.read_text()
     return fast
+
+
+def _entity_tokens() -> list[str]:
+    from tools_env.suite import SUITES, get_suite
+
+    get_suite("atlas")
+    names: set[str] = set()
+    for name in sorted(SUITES):
+        names.update(get_suite(name).entity_tokens())
+    return sorted(names)
 
 
 def build_model(spec: TinyModelSpec, vocab_size: int, eos_id: int, pad_id: int):
@@ -116,8 +134,68 @@ def build_model(spec: TinyModelSpec, vocab_size: int, eos_id: int, pad_id: int):
     return Qwen2ForCausalLM(config)
 
 
+def _pretrain_batch(
+    gen: torch.Generator, batch: int, low: int, high: int, entities: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic rows that need attention to look tokens up by content.
+
+    A 1M-parameter model does not grow such heads from a few thousand tool demonstrations, where
+    copied tokens are rare; on dense synthetic copying it does within a few hundred steps. Half the
+    rows repeat a random span (induction); half hide 1-3 entity tokens (names, numbers) in random
+    filler and then list them in order after a separator (find-and-copy, as a tool call copies an
+    entity from the question or a number from a result). Returns ids and the loss mask.
+    """
+    span = 24
+    ids = torch.randint(low, high, (batch, 2 * span + 1), generator=gen)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    half = batch // 2
+    ids[:, span] = low - 1  # separator
+    ids[:half, span + 1 :] = ids[:half, :span]
+    mask[:half, span + 1 :] = True
+    for row in range(half, batch):
+        k = int(torch.randint(1, 4, (1,), generator=gen))
+        where = torch.randperm(span, generator=gen)[:k].sort().values
+        picked = entities[torch.randint(0, len(entities), (k,), generator=gen)]
+        ids[row, where] = picked
+        ids[row, span + 1 : span + 1 + k] = picked
+        mask[row, span + 1 : span + 1 + k] = True
+        ids[row, span + 1 + k :] = low - 1
+    return ids, mask
+
+
+def pretrain(model, spec: TinyModelSpec, low: int, high: int, entities: list[int], log=print) -> float:
+    from steprl.modeling import token_logprobs
+
+    gen = torch.Generator().manual_seed(spec.seed)
+    entity_ids = torch.tensor(entities, dtype=torch.long)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.pretrain_lr)
+    model.train()
+    loss = torch.tensor(0.0)
+    for step in range(1, spec.pretrain_steps + 1):
+        ids, mask = _pretrain_batch(gen, spec.pretrain_batch, low, high, entity_ids)
+        logp = token_logprobs(model(input_ids=ids).logits, ids)
+        loss = -(logp * mask).sum() / mask.sum()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 100 == 0 or step == spec.pretrain_steps:
+            log(
+                f"  pretraining the embedded model: step {step}/{spec.pretrain_steps}, copy loss {loss.item():.3f}"
+            )
+    model.eval()
+    return float(loss.detach())
+
+
 def spec_hash(spec: TinyModelSpec) -> str:
-    payload = json.dumps({**asdict(spec), "version": BUILD_VERSION, "template": TEMPLATE_PATH.read_text()})
+    # the build code itself is part of the key: a changed recipe never reuses a stale cache
+    payload = json.dumps(
+        {
+            **asdict(spec),
+            "version": BUILD_VERSION,
+            "template": TEMPLATE_PATH.read_text(),
+            "code": Path(__file__).read_text(),
+        }
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -133,6 +211,9 @@ def ensure_tiny_model(spec: TinyModelSpec | None = None, cache_dir: Path | None 
     try:
         tokenizer = build_tokenizer(spec)
         model = build_model(spec, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+        first_regular = len(SPECIAL_TOKENS) + len(TOOL_TOKENS) + 1
+        entities = tokenizer.convert_tokens_to_ids([str(i) for i in range(1000)] + _entity_tokens())
+        pretrain(model, spec, first_regular, len(tokenizer), entities)
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(tmp, safe_serialization=True)

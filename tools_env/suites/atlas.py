@@ -26,7 +26,24 @@ from typing import Any, Literal
 from tools_env.suite import Suite, Task, register_suite
 from tools_env.tools import ToolError, tool
 
-_SYLLABLES = ["zor", "vel", "mar", "tan", "kri", "lo", "sa", "dun", "ba", "rel", "qui", "pra", "nor", "gal", "es", "ti"]
+_SYLLABLES = [
+    "zor",
+    "vel",
+    "mar",
+    "tan",
+    "kri",
+    "lo",
+    "sa",
+    "dun",
+    "ba",
+    "rel",
+    "qui",
+    "pra",
+    "nor",
+    "gal",
+    "es",
+    "ti",
+]
 NUMERIC_FIELDS = ("population", "area")
 KINDS = ("offset", "sum2", "diff2", "sum3")
 SUBOPTIMAL_KINDS = ("distractor", "redundant", "wrong_field", "premature_answer")
@@ -37,7 +54,9 @@ def _world(num_countries: int = 24, seed: int = 1234) -> dict[str, dict[str, Any
     rng = random.Random(seed)
     names: list[str] = []
     while len(names) < num_countries:
-        name = "".join(rng.choice(_SYLLABLES) for _ in range(2)).capitalize() + rng.choice(["ia", "or", "and", "a"])
+        name = "".join(rng.choice(_SYLLABLES) for _ in range(2)).capitalize() + rng.choice(
+            ["ia", "or", "and", "a"]
+        )
         if name not in names:
             names.append(name)
     languages = ["Velish", "Tarnic", "Oskan", "Lumeric", "Draven"]
@@ -60,7 +79,11 @@ def safe_arithmetic(expression: str) -> int | float:
     """Evaluate + - * on numbers without eval(); anything else is an error."""
 
     def ev(node: ast.AST) -> int | float:
-        if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, int | float)
+            and not isinstance(node.value, bool)
+        ):
             return node.value
         if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
             return _OPS[type(node.op)](ev(node.left), ev(node.right))
@@ -90,8 +113,13 @@ def call_text(name: str, arguments: dict[str, Any]) -> str:
 class AtlasSuite(Suite):
     system_prompt = "You answer questions about countries. Use the tools, then give the answer."
 
+    def entity_tokens(self) -> list[str]:
+        return sorted(WORLD)
+
     @tool
-    def lookup(self, state: dict, country: str, field: Literal["population", "area", "capital", "language"]) -> str:
+    def lookup(
+        self, state: dict, country: str, field: Literal["population", "area", "capital", "language"]
+    ) -> str:
         """Look up one field of a country in the atlas (population in thousands, area in km2)."""
         if country not in WORLD:
             raise ToolError(f"no country named {country!r} in the atlas")
@@ -121,7 +149,11 @@ class AtlasSuite(Suite):
         names = sorted(WORLD)
         out: list[Task] = []
         seen: set[str] = set()
+        attempts = 0
         while len(out) < n:
+            attempts += 1
+            if attempts > 200 * n + 10_000:
+                raise ValueError(f"atlas has fewer than {n} distinct {split} tasks for kinds {KINDS}")
             kind = rng.choice(KINDS)
             field = rng.choice(NUMERIC_FIELDS)
             countries = rng.sample(names, {"offset": 1, "sum2": 2, "diff2": 2, "sum3": 3}[kind])
@@ -138,10 +170,15 @@ class AtlasSuite(Suite):
             out.append(self._make_task(kind, field, countries, offset, split, len(out)))
         return out
 
-    def _make_task(self, kind: str, field: str, countries: list[str], offset: int, split: str, i: int) -> Task:
+    def _make_task(
+        self, kind: str, field: str, countries: list[str], offset: int, split: str, i: int
+    ) -> Task:
         values = [WORLD[c][field] for c in countries]
         if kind == "offset":
-            question, expression = f"What is the {field} of {countries[0]} plus {offset}?", f"{values[0]}+{offset}"
+            question, expression = (
+                f"What is the {field} of {countries[0]} plus {offset}?",
+                f"{values[0]}+{offset}",
+            )
         elif kind == "diff2":
             question = f"How much larger is the {field} of {countries[0]} than that of {countries[1]}?"
             expression = f"{values[0]}-{values[1]}"
@@ -183,10 +220,14 @@ class AtlasSuite(Suite):
     # ---- demonstrations ------------------------------------------------------------------
     def demonstration(self, task: Task, rng: random.Random, suboptimal_share: float) -> list[dict[str, Any]]:
         field, countries = task.meta["field"], task.meta["countries"]
-        plan: list[tuple[str, dict[str, Any]]] = [("lookup", {"country": c, "field": field}) for c in countries]
+        plan: list[tuple[str, dict[str, Any]]] = [
+            ("lookup", {"country": c, "field": field}) for c in countries
+        ]
         flaw = rng.choice(SUBOPTIMAL_KINDS) if rng.random() < suboptimal_share else None
         if flaw == "distractor":
-            plan.insert(0, rng.choice([("weather", {"city": countries[0]}), ("web_search", {"query": task.question})]))
+            plan.insert(
+                0, rng.choice([("weather", {"city": countries[0]}), ("web_search", {"query": task.question})])
+            )
         elif flaw == "redundant":
             plan.insert(rng.randint(1, len(plan)), plan[0])
         elif flaw == "wrong_field":

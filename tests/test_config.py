@@ -1,0 +1,60 @@
+"""Bad config and bad input fail at once, with one line naming the key, before anything is written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from steprl.main import UserError, load_config
+
+
+def _run_main(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    run_dir = tmp_path / "run"
+    return subprocess.run(
+        [sys.executable, "-m", "steprl.main", *args, f"trainer.run_dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["trainer.total_iteratons=3"], "total_iteratons"),
+        (["trainer.total_iterations=abc"], "total_iterations"),
+        (["algorithm.gamma=1.5"], "algorithm.gamma"),
+        (["rollout.engine=tgi"], "rollout.engine"),
+        (["algorithm.estimator=nope"], "algorithm.estimator"),
+        (["recipe=does_not_exist"], "does_not_exist"),
+    ],
+)
+def test_config_errors_name_the_key(args, needle):
+    with pytest.raises(UserError) as err:
+        load_config(args)
+    message = str(err.value)
+    assert needle in message and "\n" not in message
+
+
+def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path):
+    for args, needle in [
+        (["model.path=/nonexistent/model"], "does not exist"),
+        (["data.suite=nosuchsuite"], "nosuchsuite"),
+        (["reward.alpha=-1"], "reward.alpha"),
+    ]:
+        proc = _run_main(args, tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], proc.stderr
+        assert not (tmp_path / "run").exists()
+
+
+def test_overrides_and_groups_compose():
+    cfg, yaml_text = load_config(["rollout=hf", "trainer.total_iterations=3", "algorithm.kl_coef=0.05"])
+    assert cfg.rollout.engine == "hf" and cfg.trainer.total_iterations == 3 and cfg.algorithm.kl_coef == 0.05
+    assert "total_iterations: 3" in yaml_text
+    cfg, _ = load_config(["rollout.engine=hf"])
+    assert cfg.rollout.engine == "hf"

@@ -1,0 +1,306 @@
+"""Sandboxed execution of untrusted Python (the code agents write) in a separate, limited process.
+
+``run_python(code, limits)`` starts a fresh ``python -I -S -u`` running ``_sandbox_boot.py``, which sets
+everything up inside the child (see that file for the process tree) and then runs the code. The parent
+enforces the wall-clock limit (SIGKILL to the child's own process group) and the output cap, and removes
+the temporary directory afterwards.
+
+What is isolated, and how (``SandboxResult.isolation`` reports what this host allowed):
+
+* Always: a separate process with a cleared environment (no host variables or secrets; HOME and cwd are
+  a private directory), rlimits on CPU time, address space, file size, open files and core dumps,
+  RLIMIT_NPROC for process/thread creation, a wall-clock timeout that kills the whole process group, an
+  output cap, friendly Python-level errors for ``os.system``/``subprocess``/``os.fork``.
+* When running as root: the code runs as uid/gid 65534 (nobody) with no supplementary groups and
+  ``no_new_privs``, so root-only files (``/root``, 0600 secrets) are unreadable, host processes cannot be
+  signalled, and RLIMIT_NPROC=0 really forbids fork (root would ignore it).
+* When ``unshare`` is permitted (root or CAP_SYS_ADMIN, as in this project's containers): a network
+  namespace with no interfaces but a down loopback (``network_isolation == "netns"``), a pid namespace
+  (the code sees only itself; everything it starts dies with the run), a mount namespace where the whole
+  host filesystem is read-only, ``/root``, ``/home`` and the other ``hidden_paths`` are masked by empty
+  tmpfs (the interpreter's own directory is re-bound read-only if it lives there), ``/tmp`` is a private
+  size-limited tmpfs holding the working directory, plus IPC and UTS namespaces.
+* Where namespaces are missing (``network_isolation == "best_effort"``): sockets are blocked only at the
+  Python level (ctypes can bypass it), the code shares the host filesystem view (as ``nobody`` it can
+  still read world-readable files and write to world-writable ones such as /tmp), and it can see host
+  processes in /proc (including their command lines). Without root there is no uid drop either: the code
+  runs as the caller's user and can read what that user can.
+* Never: seccomp syscall filtering or cgroup accounting; kernel vulnerabilities are out of scope; with
+  ``max_processes > 0`` the RLIMIT_NPROC budget is shared by every process of that uid on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import shutil
+import signal
+import site
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+BOOT = str(Path(__file__).with_name("_sandbox_boot.py"))
+DEFAULT_PRELOAD = (
+    "math", "cmath", "json", "re", "collections", "itertools", "functools", "fractions", "decimal",
+    "statistics", "random", "datetime", "string", "heapq", "bisect", "operator", "textwrap", "copy",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Resource limits and isolation options for one run."""
+
+    wall_time_s: float = 10.0
+    cpu_time_s: int = 5
+    memory_mb: int = 256  # RLIMIT_AS of the process running the code
+    max_output_bytes: int = 64_000  # per stream; the run is killed when stdout or stderr exceeds it
+    max_file_mb: int = 16  # RLIMIT_FSIZE
+    tmpfs_mb: int = 64  # size of the private /tmp (namespaces only)
+    max_open_files: int = 64
+    max_processes: int = 0  # extra processes/threads the code may start (RLIMIT_NPROC)
+    uid: int | None = 65534  # user to run as when started as root; None keeps root (not advised)
+    gid: int = 65534
+    namespaces: bool = True  # try net/mount/pid namespaces; fall back silently when not permitted
+    hidden_paths: tuple[str, ...] = ("/root", "/home", "/run/secrets", "/var/run/secrets")
+    preload_modules: tuple[str, ...] = DEFAULT_PRELOAD  # imported before the uid drop
+    site_packages: bool = False  # let the code import the host's installed packages (numpy, sympy ...)
+
+
+@dataclass
+class SandboxResult:
+    """How a run ended. ``error`` says why in one line whenever ``ok`` is False."""
+
+    ok: bool
+    stdout: str
+    stderr: str
+    exit_code: int | None  # the code's exit status, or -signal when a signal killed it
+    timed_out: bool
+    killed_reason: str | None  # "timeout" | "output_limit" | "cpu_limit" | "signal:<NAME>" | None
+    duration_s: float
+    error: str | None = None
+    network_isolation: str = "best_effort"  # "netns" | "best_effort"
+    isolation: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _keep_paths(limits: SandboxLimits) -> tuple[list[str], list[str]]:
+    """Directories the interpreter needs (re-bound when hidden) and extra sys.path entries."""
+    keep = {os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix)}
+    extra: list[str] = []
+    if limits.site_packages:
+        extra = [p for p in site.getsitepackages() if os.path.isdir(p)]
+        keep.update(os.path.realpath(p) for p in extra)
+    return sorted(keep), extra
+
+
+def _config(limits: SandboxLimits, workdir: str, status_fd: int) -> dict[str, Any]:
+    keep, extra = _keep_paths(limits)
+    return {
+        "status_fd": status_fd, "workdir": workdir, "namespaces": limits.namespaces,
+        "cpu_time_s": limits.cpu_time_s, "memory_mb": limits.memory_mb, "max_file_mb": limits.max_file_mb,
+        "tmpfs_mb": limits.tmpfs_mb, "max_open_files": limits.max_open_files,
+        "max_processes": limits.max_processes, "uid": limits.uid, "gid": limits.gid,
+        "hidden_paths": list(limits.hidden_paths), "keep_paths": keep, "extra_sys_path": extra,
+        "preload_modules": list(limits.preload_modules),
+    }  # fmt: skip
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM lets the boot process SIGKILL and reap its child; then SIGKILL the whole group regardless.
+
+    The group is killed before boot is reaped, while its pid (= the group id) cannot have been reused.
+    """
+    if proc.returncode is not None:
+        return
+    os.kill(proc.pid, signal.SIGTERM)  # not proc.send_signal, which may reap and free the pid
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            break  # exited, not yet reaped
+        time.sleep(0.005)
+    _kill_group(proc)
+    proc.wait()
+
+
+def _pump(proc: subprocess.Popen, limits: SandboxLimits, deadline: float) -> tuple[bytes, bytes, str | None]:
+    """Read stdout/stderr until EOF, the deadline or the output cap; kill on the latter two."""
+    bufs = {"stdout": bytearray(), "stderr": bytearray()}
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
+    sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+    killed: str | None = None
+    drain_until: float | None = None
+    while sel.get_map():
+        now = time.monotonic()
+        if killed is None and now >= deadline:
+            killed = "timeout"
+            _stop(proc)
+            drain_until = time.monotonic() + 1.0
+        if drain_until is not None and now >= drain_until:
+            break  # something still holds the pipe after the kill; stop waiting for it
+        limit = drain_until if drain_until is not None else deadline
+        for key, _ in sel.select(timeout=max(0.0, min(limit - now, 0.5))):
+            chunk = os.read(key.fd, 65536)
+            if not chunk:
+                sel.unregister(key.fileobj)
+                continue
+            buf = bufs[key.data]
+            room = limits.max_output_bytes - len(buf)
+            buf += chunk[: max(room, 0)]
+            if len(chunk) > room and killed is None:
+                killed = "output_limit"
+                _stop(proc)
+                drain_until = time.monotonic() + 1.0
+    sel.close()
+    return bytes(bufs["stdout"]), bytes(bufs["stderr"]), killed
+
+
+def _read_status(fd: int) -> dict[str, Any]:
+    data = b""
+    os.set_blocking(fd, False)
+    try:
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    except BlockingIOError:
+        pass
+    status: dict[str, Any] = {}
+    for line in data.decode(errors="replace").splitlines():
+        try:
+            status.update(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return status
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _explain(result: SandboxResult, limits: SandboxLimits, status: dict[str, Any]) -> str | None:
+    if result.ok:
+        return None
+    if "error" in status:
+        return status["error"]
+    if result.killed_reason == "timeout":
+        return f"wall-clock limit of {limits.wall_time_s:g} s exceeded; the process group was killed"
+    if result.killed_reason == "output_limit":
+        return f"output exceeded {limits.max_output_bytes} bytes; the process group was killed"
+    if result.killed_reason == "cpu_limit":
+        return f"CPU time limit of {limits.cpu_time_s} s exceeded"
+    if result.killed_reason and result.killed_reason.startswith("signal:"):
+        name = result.killed_reason.split(":", 1)[1]
+        hint = " (stack overflow from deep recursion?)" if name == "SIGSEGV" else ""
+        return f"killed by {name}{hint}"
+    last = _last_line(result.stderr)
+    if result.exit_code == 126 and last.startswith("sandbox setup failed"):
+        return last
+    if "MemoryError" in last:
+        return f"memory limit of {limits.memory_mb} MB exceeded ({last})"
+    if "[Errno 27]" in last:  # EFBIG from RLIMIT_FSIZE (Python ignores SIGXFSZ)
+        return f"file size limit of {limits.max_file_mb} MB exceeded"
+    return last or f"exited with status {result.exit_code}"
+
+
+def run_python(code: str, limits: SandboxLimits | None = None) -> SandboxResult:
+    """Run ``code`` in a fresh sandboxed interpreter and report how it ended. Never raises for bad code.
+
+    If namespaces were granted but setting up the private filesystem failed (an unusual host), the run
+    is repeated without namespaces and ``isolation["notes"]`` says why.
+    """
+    limits = limits or SandboxLimits()
+    result, status = _run_once(code, limits)
+    if "error" in status and limits.namespaces:
+        result, _ = _run_once(code, replace(limits, namespaces=False))
+        result.isolation["notes"] = [f"namespaces dropped because {status['error']}"]
+    return result
+
+
+def _run_once(code: str, limits: SandboxLimits) -> tuple[SandboxResult, dict[str, Any]]:
+    workdir = tempfile.mkdtemp(prefix="steprl-sandbox-")  # used when no mount namespace is available
+    status_r, status_w = os.pipe()
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-u", BOOT, json.dumps(_config(limits, workdir, status_w))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd=workdir,
+            start_new_session=True, pass_fds=(status_w,), close_fds=True,
+        )  # fmt: skip
+    except BaseException:
+        os.close(status_r)
+        os.close(status_w)
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    os.close(status_w)
+    try:
+        try:
+            proc.stdin.write(code.encode("utf-8", "replace"))
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        out, err, killed = _pump(proc, limits, start + limits.wall_time_s)
+        try:
+            proc.wait(timeout=max(0.1, start + limits.wall_time_s - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            killed = killed or "timeout"
+            _stop(proc)
+            proc.wait()
+        duration = time.monotonic() - start
+        status = _read_status(status_r)
+    finally:
+        _stop(proc)  # only acts if something above failed before boot exited
+        os.close(status_r)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return _result(out, err, killed, duration, status, proc.returncode, limits), status
+
+
+def _result(out: bytes, err: bytes, killed: str | None, duration: float, status: dict[str, Any],
+            returncode: int | None, limits: SandboxLimits) -> SandboxResult:  # fmt: skip
+    worker = status.get("worker", {})
+    if "signal" in worker:
+        exit_code: int | None = -worker["signal"]
+        if killed is None:
+            sig = signal.Signals(worker["signal"])
+            killed = "cpu_limit" if sig == signal.SIGXCPU else f"signal:{sig.name}"  # SIGXCPU: RLIMIT_CPU
+    elif "exit" in worker:
+        exit_code = worker["exit"]
+    else:
+        exit_code = None if killed else returncode
+    report = status.get("report", {})
+    result = SandboxResult(
+        ok=killed is None and exit_code == 0 and "error" not in status,
+        stdout=out.decode("utf-8", "replace"), stderr=err.decode("utf-8", "replace"),
+        exit_code=exit_code, timed_out=killed == "timeout", killed_reason=killed, duration_s=duration,
+        network_isolation=report.get("network_isolation", "best_effort"), isolation=report,
+    )  # fmt: skip
+    result.error = _explain(result, limits, status)
+    return result
+
+
+_PROBE: dict[str, Any] | None = None
+
+
+def probe_isolation() -> dict[str, Any]:
+    """What this host lets the sandbox do (runs an empty program once, then cached)."""
+    global _PROBE
+    if _PROBE is None:
+        _PROBE = run_python("pass").isolation
+    return dict(_PROBE)
