@@ -100,11 +100,11 @@ class OptimConfig:
 @dataclass
 class SFTConfig:
     enabled: bool = True
-    num_demos: int = 1500
+    num_demos: int = 3000
     suboptimal_share: float = 0.35
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 3e-3
+    epochs: int = 1
+    batch_size: int = 8  # many small steps: the tiny model needs optimizer steps more than tokens
+    lr: float = 1e-3
 
 
 @dataclass
@@ -194,6 +194,12 @@ def validate(cfg: Any) -> StepRLConfig:
         0.0 < c.rollout.gpu_memory_utilization <= 1.0, "rollout.gpu_memory_utilization", "must be in (0, 1]"
     )
     _check(c.rollout.num_workers >= 1, "rollout.num_workers", "must be >= 1")
+    ts = c.rollout.tool_server
+    _check(
+        ts in ("inprocess", "local") or ts.startswith(("http://", "https://")),
+        "rollout.tool_server",
+        f"must be inprocess, local or an http(s) URL, got {ts!r}",
+    )
     for name in ("actor", "critic", "ref"):
         w: WorkerConfig = getattr(c, name)
         _check(w.world_size >= 1, f"{name}.world_size", "must be >= 1")

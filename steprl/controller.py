@@ -57,6 +57,13 @@ class Controller:
             estimator=a.estimator, gamma=a.gamma, lam=a.lam, token_level_refine=a.token_level_refine
         )
         self.actor = self.ref = self.critic = None
+        self.tool_server = None
+        self.tool_server_url = cfg.rollout.tool_server
+        if cfg.rollout.tool_server == "local":  # a FastAPI tool server in its own process, on loopback
+            from tools_env.server import serve
+
+            self.tool_server = serve(host="127.0.0.1", port=0, background="process")
+            self.tool_server_url = self.tool_server.url
         self.rollout_workers: list[Any] = []
         self.reward_workers: list[Any] = []
         self.pad_id = 0
@@ -265,10 +272,10 @@ class Controller:
                 g.shutdown()
         for w in self.rollout_workers + self.reward_workers:
             ray.kill(w)
+        if self.tool_server is not None:
+            self.tool_server.stop()
         self.logger.close()
         shutil.rmtree(self.sync_dir, ignore_errors=True)
-
-    tool_server_url = "inprocess"
 
 
 def tensors_of(batch: Batch) -> dict[str, torch.Tensor]:

@@ -58,3 +58,17 @@ def test_overrides_and_groups_compose():
     assert "total_iterations: 3" in yaml_text
     cfg, _ = load_config(["rollout.engine=hf"])
     assert cfg.rollout.engine == "hf"
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted(p.stem for p in (Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+)
+def test_every_recipe_composes_and_validates(recipe):
+    from steprl.algorithms.advantages import ADVANTAGE_ESTIMATORS
+
+    cfg, _ = load_config([f"recipe={recipe}"])
+    assert cfg.recipe == recipe and cfg.algorithm.estimator in ADVANTAGE_ESTIMATORS
+    if recipe == "steptool_no_step_reward":
+        assert cfg.reward.step_grained is False
+    if cfg.algorithm.estimator in ("grpo", "rloo", "reinforce_pp"):
+        assert cfg.algorithm.use_critic is False

