@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -124,6 +123,26 @@ class FSDPWorker:
         self.optimizer.zero_grad(set_to_none=True)
         return float(grad_norm)
 
+    def _train_epochs(self, data: TensorDict, mask_key: str, loss_fn) -> dict[str, float]:
+        """``ppo_epochs`` passes over ``num_mini_batches``; ``loss_fn(mb, mask) -> (loss, metrics)``.
+
+        The loss is scaled by this rank's share of the global ``mask`` count so that FSDP's gradient
+        average over ranks equals the gradient of the global token-mean loss.
+        """
+        cfg = self.algo_cfg
+        self.model.train()
+        stats: dict[str, list[float]] = {}
+        for _ in range(cfg.ppo_epochs):
+            for mb in micro_batches(data, cfg.num_mini_batches):
+                mb = trim_padding(mb)
+                mask = mb[mask_key].to(self.device)
+                scale = mask.float().sum().item() / max(self._global_count(mask), 1.0) * self.world_size
+                loss, metrics = loss_fn(mb, mask)
+                metrics["grad_norm"] = self._step(loss * scale)
+                for k, v in metrics.items():
+                    stats.setdefault(k, []).append(v)
+        return {f"{self.role}/{k}": sum(v) / len(v) for k, v in stats.items()}
+
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Gather the full (unsharded) state dict; rank 0 gets it, other ranks an empty dict."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -206,41 +225,26 @@ class ActorWorker(FSDPWorker):
     def update_policy(self, data: TensorDict, kl_coef: float = 0.0) -> dict[str, float]:
         """PPO epochs over mini-batches: clipped surrogate, optional entropy bonus and KL in the loss."""
         cfg = self.algo_cfg
-        self.model.train()
-        stats: dict[str, list[float]] = {}
-        for _ in range(cfg.ppo_epochs):
-            for mb in micro_batches(data, cfg.num_mini_batches):
-                mb = trim_padding(mb)
-                mask = mb["action_mask"].to(self.device)
-                scale = mask.float().sum().item() / max(self._global_count(mask), 1.0) * self.world_size
-                logits = self._forward(mb).logits
-                ids = mb["input_ids"].to(self.device)
-                logprobs = token_logprobs(logits, ids)
-                loss, metrics = ppo_policy_loss(
-                    logprobs,
-                    mb["old_logprobs"].to(self.device),
-                    mb["advantages"].to(self.device),
-                    mask,
-                    clip_low=cfg.clip_low,
-                    clip_high=cfg.clip_high,
-                    dual_clip=cfg.dual_clip,
-                    agg=cfg.loss_agg,
-                )
-                metrics["pg_loss"] = float(loss)
-                if cfg.entropy_coef > 0:
-                    entropy = masked_mean(entropy_from_logits(logits[:, :-1].float()), mask[:, 1:])
-                    loss = loss - cfg.entropy_coef * entropy
-                    metrics["entropy"] = float(entropy)
-                if cfg.kl_in == "loss" and "ref_logprobs" in mb and kl_coef > 0:
-                    kl = masked_mean(
-                        kl_penalty(logprobs, mb["ref_logprobs"].to(self.device), cfg.kl_kind), mask
-                    )
-                    loss = loss + kl_coef * kl
-                    metrics["kl_loss"] = float(kl)
-                metrics["grad_norm"] = self._step(loss * scale)
-                for k, v in metrics.items():
-                    stats.setdefault(k, []).append(v)
-        return {f"actor/{k}": sum(v) / len(v) for k, v in stats.items()}
+
+        def loss_fn(mb: TensorDict, mask: torch.Tensor):
+            logits = self._forward(mb).logits
+            logprobs = token_logprobs(logits, mb["input_ids"].to(self.device))
+            loss, metrics = ppo_policy_loss(
+                logprobs, mb["old_logprobs"].to(self.device), mb["advantages"].to(self.device), mask,
+                clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, agg=cfg.loss_agg,
+            )  # fmt: skip
+            metrics["pg_loss"] = float(loss)
+            if cfg.entropy_coef > 0:
+                entropy = masked_mean(entropy_from_logits(logits[:, :-1].float()), mask[:, 1:])
+                loss = loss - cfg.entropy_coef * entropy
+                metrics["entropy"] = float(entropy)
+            if cfg.kl_in == "loss" and "ref_logprobs" in mb and kl_coef > 0:
+                kl = masked_mean(kl_penalty(logprobs, mb["ref_logprobs"].to(self.device), cfg.kl_kind), mask)
+                loss = loss + kl_coef * kl
+                metrics["kl_loss"] = float(kl)
+            return loss, metrics
+
+        return self._train_epochs(data, "action_mask", loss_fn)
 
     def sft_step(self, data: TensorDict, lr: float) -> dict[str, float]:
         """One supervised step: mean negative log-likelihood of the action tokens (assistant turns)."""
@@ -305,29 +309,16 @@ class CriticWorker(FSDPWorker):
         return torch.nn.functional.pad(values, (0, full_len - values.shape[1]))
 
     def update_critic(self, data: TensorDict) -> dict[str, float]:
+        """Clipped value regression to the estimator's returns where its ``value_mask`` is set."""
         cfg = self.algo_cfg
-        self.model.train()
-        stats: dict[str, list[float]] = {}
-        for _ in range(cfg.ppo_epochs):
-            for mb in micro_batches(data, cfg.num_mini_batches):
-                mb = trim_padding(mb)
-                mask = mb["value_mask"].to(self.device)
-                scale = mask.float().sum().item() / max(self._global_count(mask), 1.0) * self.world_size
-                values = self._forward(mb).logits[..., 0].float()
-                loss, metrics = value_loss(
-                    values,
-                    mb["old_values"].to(self.device),
-                    mb["returns"].to(self.device),
-                    mask,
-                    clip=cfg.value_clip,
-                    agg=cfg.loss_agg,
-                )
-                metrics["vf_loss"] = float(loss)
-                metrics["grad_norm"] = self._step(loss * scale)
-                for k, v in metrics.items():
-                    stats.setdefault(k, []).append(v)
-        return {f"critic/{k}": sum(v) / len(v) for k, v in stats.items()}
 
+        def loss_fn(mb: TensorDict, mask: torch.Tensor):
+            values = self._forward(mb).logits[..., 0].float()
+            loss, metrics = value_loss(
+                values, mb["old_values"].to(self.device), mb["returns"].to(self.device), mask,
+                clip=cfg.value_clip, agg=cfg.loss_agg,
+            )  # fmt: skip
+            metrics["vf_loss"] = float(loss)
+            return loss, metrics
 
-def config_dicts(*cfgs: Any) -> list[dict[str, Any]]:
-    return [asdict(c) for c in cfgs]
+        return self._train_epochs(data, "value_mask", loss_fn)
