@@ -53,6 +53,7 @@ class RewardConfig:
     source: str = "rule"
     alpha: float = 1.0  # r_t = (alpha * SuccCalling + Contribution) / (1 + alpha)
     step_grained: bool = True  # False: ablation "without step-grained reward"
+    normalize: str = "none"  # none | scale (divide by the running std) | center (subtract the mean too)
     num_workers: int = 1
 
 
@@ -180,6 +181,9 @@ def validate(cfg: Any) -> StepRLConfig:
     _check(c.algorithm.kl_coef >= 0, "algorithm.kl_coef", "must be >= 0")
     _check(c.algorithm.ppo_epochs >= 1, "algorithm.ppo_epochs", "must be >= 1")
     _check(c.algorithm.num_mini_batches >= 1, "algorithm.num_mini_batches", "must be >= 1")
+    _check(
+        c.reward.normalize in ("none", "scale", "center"), "reward.normalize", "must be none, scale or center"
+    )
     _check(c.reward.alpha >= 0, "reward.alpha", f"must be >= 0, got {c.reward.alpha}")
     _check(c.rollout.temperature >= 0, "rollout.temperature", "must be >= 0")
     _check(c.rollout.group_size >= 1, "rollout.group_size", "must be >= 1")

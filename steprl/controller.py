@@ -21,6 +21,7 @@ import torch
 from steprl.algorithms.advantages import AdvantageConfig, compute_advantages
 from steprl.algorithms.kl import AdaptiveKLController, FixedKLController, apply_kl_in_reward
 from steprl.algorithms.losses import kl_penalty, masked_mean, masked_whiten
+from steprl.algorithms.rewards import RunningRewardNormalizer
 from steprl.config import StepRLConfig
 from steprl.episode import EpisodeBudget
 from steprl.logger import MetricsLogger
@@ -55,6 +56,11 @@ class Controller:
         )
         self.adv_cfg = AdvantageConfig(
             estimator=a.estimator, gamma=a.gamma, lam=a.lam, token_level_refine=a.token_level_refine
+        )
+        self.reward_normalizer = (
+            RunningRewardNormalizer(center=cfg.reward.normalize == "center")
+            if cfg.reward.normalize != "none"
+            else None
         )
         self.actor = self.ref = self.critic = None
         self.tool_server = None
@@ -228,6 +234,9 @@ class Controller:
         )
         times["time/rollout"] = time.time() - t0
         batch = collate(trajs, self.pad_id)
+        if self.reward_normalizer is not None:  # running statistics over all step rewards seen so far
+            self.reward_normalizer.update(batch.step_rewards[batch.step_mask])
+            batch.step_rewards = self.reward_normalizer.normalize(batch.step_rewards) * batch.step_mask
         data = tensors_of(batch)
         t1 = time.time()
         metrics = self.advantages(batch, data)
@@ -260,7 +269,16 @@ class Controller:
         if self.critic is not None:
             self.critic.call_all("save_hf", str(tmp / "critic"))
         (tmp / "trainer_state.json").write_text(
-            json.dumps({"tag": tag, "cursor": self.cursor, "kl": self.kl_ctl.state_dict()})
+            json.dumps(
+                {
+                    "tag": tag,
+                    "cursor": self.cursor,
+                    "kl": self.kl_ctl.state_dict(),
+                    "reward_normalizer": self.reward_normalizer.state_dict()
+                    if self.reward_normalizer
+                    else None,
+                }
+            )
         )
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)

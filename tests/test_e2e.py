@@ -69,7 +69,16 @@ def test_default_pipeline_with_vllm(tmp_path):
 
 
 def test_transformers_engine_and_kl_in_reward(tmp_path):
-    _main([*SMALL, "rollout.engine=hf", "algorithm.kl_in=reward", "actor.world_size=1"], tmp_path / "run")
+    _main(
+        [
+            *SMALL,
+            "rollout.engine=hf",
+            "algorithm.kl_in=reward",
+            "actor.world_size=1",
+            "reward.normalize=scale",
+        ],
+        tmp_path / "run",
+    )
     _check_run_dir(tmp_path / "run")
 
 
