@@ -35,3 +35,13 @@ def encoder(tokenizer, atlas):
     from steprl.chat import ChatEncoder
 
     return ChatEncoder(tokenizer, [t.schema() for t in atlas.tools()], atlas.system_prompt)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real local Ray cluster for the worker tests of one module."""
+    import ray
+
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

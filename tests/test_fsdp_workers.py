@@ -4,20 +4,12 @@ LoRA actor exports merged weights that a plain Hugging Face model reproduces exa
 from __future__ import annotations
 
 import pytest
-import ray
 import torch
 
 from steprl.config import StepRLConfig
 from steprl.modeling import token_logprobs
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _group(cls, world_size, path, cfg):

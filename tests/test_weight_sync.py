@@ -16,13 +16,6 @@ pytestmark = pytest.mark.slow
 TOLERANCE = 2e-3  # max |logp_vllm - logp_actor| over all sampled action tokens
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def test_vllm_logprobs_match_actor_after_sync(ray_cluster, tiny_model_path, tmp_path):
     from steprl.config import StepRLConfig
     from steprl.episode import EpisodeBudget
@@ -58,14 +51,14 @@ def test_vllm_logprobs_match_actor_after_sync(ray_cluster, tiny_model_path, tmp_
     )
     tasks = [t.to_dict() for t in get_suite("atlas").tasks("train", 6, 0)]
 
-    def compare() -> float:
-        trajs, _ = ray.get(rollout.rollout.remote(tasks, 1.0, 123))
+    def sample(seed: int):
+        trajs, _ = ray.get(rollout.rollout.remote(tasks, 1.0, seed))
         batch = collate(trajs, 0)
-        data = {
-            "input_ids": batch.input_ids,
-            "attention_mask": batch.attention_mask,
-            "action_mask": batch.action_mask,
-        }
+        keys = ("input_ids", "attention_mask", "action_mask")
+        return batch, {k: getattr(batch, k) for k in keys}
+
+    def compare() -> float:
+        batch, data = sample(123)
         actor_lp = actor.gather_rows("compute_logprobs", data)
         diff = (actor_lp - batch.rollout_logprobs).abs()[batch.action_mask]
         assert diff.numel() > 20
@@ -73,13 +66,7 @@ def test_vllm_logprobs_match_actor_after_sync(ray_cluster, tiny_model_path, tmp_
 
     assert compare() < TOLERANCE  # same initial weights
     # one real PPO update with random advantages changes the actor
-    trajs, _ = ray.get(rollout.rollout.remote(tasks, 1.0, 7))
-    batch = collate(trajs, 0)
-    data = {
-        "input_ids": batch.input_ids,
-        "attention_mask": batch.attention_mask,
-        "action_mask": batch.action_mask,
-    }
+    batch, data = sample(7)
     data["old_logprobs"] = actor.gather_rows("compute_logprobs", data)
     data["advantages"] = torch.randn(batch.input_ids.shape) * batch.action_mask
     actor.mean_metrics("update_policy", data)

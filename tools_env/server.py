@@ -199,6 +199,11 @@ def serve(env: ToolEnv | None = None, host: str = "127.0.0.1", port: int = 0, to
         thread.join(timeout=10)
         sock.close()
 
+    return _running(url, stop, timeout)
+
+
+def _running(url: str, stop, timeout: float) -> RunningServer:
+    """The handle of a server once it answers /health; stopped again if it never does."""
     try:
         _wait_healthy(url, timeout)
     except BaseException:
@@ -239,12 +244,7 @@ def _serve_process(host: str, port: int, token: str | None, threads: int, timeou
         if proc.stdout:
             proc.stdout.close()
 
-    try:
-        _wait_healthy(url, timeout)
-    except BaseException:
-        stop()
-        raise
-    return RunningServer(url, stop)
+    return _running(url, stop, timeout)
 
 
 def main(argv: list[str] | None = None) -> None:

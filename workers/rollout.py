@@ -10,7 +10,7 @@ from steprl.engines import get_engine
 from steprl.episode import EpisodeBudget, run_episodes
 from steprl.protocol import Trajectory
 from tools_env.parsers import get_parser
-from tools_env.suite import Task
+from tools_env.suite import Task, get_suite
 
 
 def make_env(tool_server: str) -> Any:
@@ -49,8 +49,6 @@ class RolloutWorker:
         self.encoders = {}
         for suite in suites:
             tools = self.env.list_tools(suite)
-            from tools_env.suite import get_suite
-
             self.encoders[suite] = ChatEncoder(self.tokenizer, tools, get_suite(suite).system_prompt)
         eot = next(iter(self.encoders.values())).eot_id
         kwargs = dict(engine_kwargs)
