@@ -110,6 +110,7 @@ class SFTConfig:
 
 @dataclass
 class TrainerConfig:
+    method: str = "ppo"  # registry name in steprl.methods: what one iteration does
     total_iterations: int = 12
     tasks_per_iteration: int = 16
     eval_every: int = 0  # 0: only before and after RL
@@ -209,6 +210,12 @@ def validate(cfg: Any) -> StepRLConfig:
         _check(w.world_size >= 1, f"{name}.world_size", "must be >= 1")
         _check(w.device in ("cpu", "cuda"), f"{name}.device", "must be 'cpu' or 'cuda'")
         _check(w.backend in ("auto", "gloo", "nccl"), f"{name}.backend", "must be auto, gloo or nccl")
+    from steprl.methods import get_method
+
+    try:
+        get_method(c.trainer.method)
+    except KeyError as e:
+        raise ConfigError(f"config error: {str(e).strip(chr(34) + chr(39))}") from e
     _check(c.trainer.total_iterations >= 0, "trainer.total_iterations", "must be >= 0")
     _check(c.trainer.tasks_per_iteration >= 1, "trainer.tasks_per_iteration", "must be >= 1")
     _check(

@@ -119,6 +119,7 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
     from steprl.chat import ChatEncoder
     from steprl.controller import Controller, curve_keys
     from steprl.logger import plot_curves
+    from steprl.methods import get_method
     from steprl.sft import demonstration_trajectories, run_sft
 
     ctl = Controller(cfg, model_path, run_dir)
@@ -160,6 +161,8 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
             policy_path = str(ctl.save_checkpoint("sft") / "actor")
         p.stage(f"starting rollout ({cfg.rollout.engine}), reward, reference and critic workers")
         ctl.start_rest(policy_path)
+        method = get_method(cfg.trainer.method)
+        method.setup(ctl)
         p.stage(f"evaluating the starting policy on {len(ctl.test_tasks)} held-out tasks")
         start_eval = ctl.evaluate("start", seed=cfg.trainer.seed)
         ctl.logger.log(0, {**start_eval, "eval/pass_rate": start_eval["eval/start/pass_rate"]})
@@ -169,7 +172,7 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
             f"RL: {total} iterations x {cfg.trainer.tasks_per_iteration} tasks x {cfg.rollout.group_size} samples"
         )
         for it in range(1, total + 1):
-            metrics = ctl.iteration(it)
+            metrics = method.iteration(ctl, it)
             if cfg.trainer.eval_every and it % cfg.trainer.eval_every == 0 and it < total:
                 ev = ctl.evaluate("mid", seed=cfg.trainer.seed)
                 metrics["eval/pass_rate"] = ev["eval/mid/pass_rate"]

@@ -1,0 +1,51 @@
+"""Training methods (registry): what one iteration of a recipe does.
+
+The loop around it is shared (``steprl.main.train``): start the actor, optional SFT cold start, start
+the rollout / reward / reference / critic workers, evaluate, then ``method.iteration(ctl, it)`` for
+``trainer.total_iterations`` with logging, progress and checkpoints, then evaluate again. A method is
+the few functions that make it different, not a copy of the trainer. Register yours with
+``@register_method("name")`` and select it with ``trainer.method=name``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from steprl.controller import Controller
+
+
+class Method:
+    """One training method. Subclasses override :meth:`iteration` (and :meth:`setup` if needed)."""
+
+    name = "base"
+
+    def setup(self, ctl: Controller) -> None:
+        """Called once after the shared workers started (e.g. build extra workers or datasets)."""
+
+    def iteration(self, ctl: Controller, it: int) -> dict[str, float]:
+        raise NotImplementedError(f"method {self.name!r} does not define an iteration")
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    def wrap(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_method(name: str) -> Method:
+    _load_builtin()
+    if name not in METHODS:
+        raise KeyError(f"unknown trainer.method {name!r}; known: {sorted(METHODS)}")
+    return METHODS[name]()
+
+
+def _load_builtin() -> None:
+    from steprl.methods import ppo  # noqa: F401  (registers itself)
