@@ -25,7 +25,7 @@ from steprl.algorithms.rewards import RunningRewardNormalizer
 from steprl.config import StepRLConfig
 from steprl.episode import EpisodeBudget
 from steprl.logger import MetricsLogger
-from steprl.progress import Progress
+from steprl.progress import Progress, StageTimer, with_overhead
 from steprl.protocol import Batch, Trajectory, collate
 from tools_env.suite import Task, get_suite
 from workers.fsdp import ActorWorker, CriticWorker, RefWorker
@@ -45,6 +45,7 @@ class Controller:
         self.rng.shuffle(self.train_tasks)
         self.logger = MetricsLogger(run_dir, cfg.trainer.logger)
         self.progress = Progress(enabled=cfg.trainer.progress)
+        self.timer = StageTimer()  # seconds per stage of the current iteration (time/<stage>)
         self.sync_dir = Path(
             tempfile.mkdtemp(prefix="steprl-sync-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
         )
@@ -157,7 +158,8 @@ class Controller:
                 trajs[j] = t
             stats["rollout/generated_tokens"] += st["rollout/generated_tokens"]
             stats["rollout/seconds"] = max(stats["rollout/seconds"], st["rollout/seconds"])
-        scored = self.score([t for t in trajs if t is not None], expanded)
+        with self.timer("reward"):
+            scored = self.score([t for t in trajs if t is not None], expanded)
         return scored, stats
 
     def score(self, trajs: list[Trajectory], tasks: list[Task]) -> list[Trajectory]:
@@ -175,19 +177,22 @@ class Controller:
 
     def advantages(self, batch: Batch, data: dict[str, torch.Tensor]) -> dict[str, float]:
         """Log-probs, reference KL, values and advantages for a collated batch (in place on ``data``)."""
-        data["old_logprobs"] = self.actor.gather_rows("compute_logprobs", data)
+        with self.timer("actor_forward"):
+            data["old_logprobs"] = self.actor.gather_rows("compute_logprobs", data)
         mask = batch.action_mask
         metrics: dict[str, float] = {}
         extra = None
         if self.ref is not None:
-            data["ref_logprobs"] = self.ref.gather_rows("compute_logprobs", data)
+            with self.timer("ref_forward"):
+                data["ref_logprobs"] = self.ref.gather_rows("compute_logprobs", data)
             kl = kl_penalty(data["old_logprobs"], data["ref_logprobs"], self.cfg.algorithm.kl_kind)
             metrics["kl"] = float(masked_mean(kl, mask))
             if self.cfg.algorithm.kl_in == "reward":
                 extra = apply_kl_in_reward(torch.zeros_like(kl), kl, self.kl_ctl.value, mask)
         values = None
         if self.critic is not None:
-            values = self.critic.gather_rows("compute_values", data)
+            with self.timer("critic_forward"):
+                values = self.critic.gather_rows("compute_values", data)
             data["old_values"] = values
         out = compute_advantages(batch, values, self.adv_cfg, extra_token_rewards=extra)
         adv = out.advantages
@@ -222,9 +227,23 @@ class Controller:
         trajs, _ = self.generate(self.test_tasks, 1, c.eval_temperature, seed)
         return episode_metrics(trajs, prefix=f"eval/{tag}/")
 
+    def peak_memory(self) -> dict[str, float]:
+        """``memory/<worker>_peak_mb`` (and ``_cuda_peak_mb``): the largest peak over each kind's processes."""
+        groups = {"actor": self.actor, "ref": self.ref, "critic": self.critic}
+        handles = {k: g.workers for k, g in groups.items() if g is not None}
+        handles.update(rollout=self.rollout_workers, reward=self.reward_workers)
+        refs = [(k, w.peak_memory_mb.remote()) for k, ws in handles.items() for w in ws]
+        out: dict[str, float] = {}
+        for (kind, _), peaks in zip(refs, ray.get([r for _, r in refs]), strict=True):
+            for name, mb in peaks.items():
+                key = f"memory/{kind}_{name}"
+                out[key] = max(out.get(key, 0.0), mb)
+        return out
+
     # ---- the loop ----------------------------------------------------------------------------
     def iteration(self, it: int) -> dict[str, float]:
         times: dict[str, float] = {}
+        self.timer.reset()  # stages run between iterations (evaluation) do not count
         t0 = time.time()
         trajs, rstats = self.generate(
             self.next_tasks(),
@@ -243,13 +262,19 @@ class Controller:
         times["time/advantage"] = time.time() - t1
         t2 = time.time()
         if self.critic is not None:
-            metrics.update(self.critic.mean_metrics("update_critic", data))
-        metrics.update(self.actor.mean_metrics("update_policy", data, kl_coef=self.kl_ctl.value))
+            with self.timer("critic_update"):
+                metrics.update(self.critic.mean_metrics("update_critic", data))
+        with self.timer("actor_update"):
+            metrics.update(self.actor.mean_metrics("update_policy", data, kl_coef=self.kl_ctl.value))
         times["time/update"] = time.time() - t2
         if "kl" in metrics:
             self.kl_ctl.update(metrics["kl"], batch.size)
         times["time/sync"] = self.sync_weights()
+        metrics.update(self.peak_memory())
+        times.update(self.timer.reset())
+        times["time/rollout"] -= times.get("time/reward", 0.0)  # generate() scores too
         times["time/iteration"] = time.time() - t0
+        times = with_overhead(times)  # time/overhead: the controller's own share of the iteration
         gen = rstats["rollout/generated_tokens"]
         return {
             **episode_metrics(trajs, prefix="train/"),

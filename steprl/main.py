@@ -120,6 +120,7 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
     from steprl.controller import Controller, curve_keys
     from steprl.logger import plot_curves
     from steprl.methods import get_method
+    from steprl.progress import memory_summary, timing_summary
     from steprl.sft import demonstration_trajectories, run_sft
 
     ctl = Controller(cfg, model_path, run_dir)
@@ -195,6 +196,7 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
             seconds=time.time() - p.t0,
             end_reasons_after_rl={k.split("/")[-1]: v for k, v in end_eval.items() if "/end/" in k},
         )
+        summary.update(**timing_summary(ctl.logger.history), **memory_summary(ctl.logger.history))
         p.stage(
             f"held-out pass rate: {summary['pass_rate_before_rl']:.3f} after SFT -> {summary['pass_rate_after_rl']:.3f} "
             f"after RL ({summary['seconds']:.0f}s); run directory {run_dir}"

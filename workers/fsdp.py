@@ -181,6 +181,18 @@ class FSDPWorker:
 
         return AutoConfig.from_pretrained(self.model_path)
 
+    def peak_memory_mb(self) -> dict[str, float]:
+        """Peak resident memory of this rank's process (ru_maxrss) and, on CUDA, its peak allocated memory."""
+        import resource
+        import sys
+
+        scale = 1 / 1024 if sys.platform == "darwin" else 1  # ru_maxrss: bytes on macOS, KiB on Linux
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+        out = {"peak_mb": kib / 1024}
+        if self.device.type == "cuda":
+            out["cuda_peak_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        return out
+
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -68,3 +68,12 @@ class RewardWorker:
             score_trajectory(t, Task.from_dict(d), self.source, self.alpha, self.step_grained)
             for t, d in zip(trajs, tasks, strict=True)
         ]
+
+    def peak_memory_mb(self) -> dict[str, float]:
+        """Peak resident memory of this worker's process (ru_maxrss; KiB on Linux)."""
+        import resource
+        import sys
+
+        scale = 1 / 1024 if sys.platform == "darwin" else 1  # ru_maxrss: bytes on macOS, KiB on Linux
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+        return {"peak_mb": kib / 1024}

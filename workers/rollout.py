@@ -91,5 +91,32 @@ class RolloutWorker:
         self.engine.load_weights(weights_dir)
         return time.time() - t0
 
+    def peak_memory_mb(self) -> dict[str, float]:
+        """Peak resident memory of this worker (ru_maxrss) plus the peaks of its live child processes (vLLM
+        runs its engine core in one; read from /proc), and the CUDA peak when the engine holds torch on a GPU."""
+        import contextlib
+        import os
+        import resource
+        from pathlib import Path
+
+        import torch
+
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        me = os.getpid()
+        todo = [me]
+        while todo:  # descendants, via /proc/<pid>/task/<tid>/children (Linux); one may exit meanwhile
+            pid = todo.pop()
+            for children in Path(f"/proc/{pid}/task").glob("*/children"):
+                with contextlib.suppress(OSError):
+                    todo += [int(c) for c in children.read_text().split()]
+            if pid != me:
+                with contextlib.suppress(OSError):
+                    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+                    kib += sum(int(ln.split()[1]) for ln in status if ln.startswith("VmHWM:"))
+        out = {"peak_mb": kib / 1024}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        return out
+
     def shutdown(self) -> None:
         self.engine.shutdown()

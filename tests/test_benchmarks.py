@@ -1,0 +1,60 @@
+"""Stage timing and memory accounting (golden values), and tiny smoke runs of the two benchmarks."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import pytest
+
+from steprl.progress import StageTimer, memory_summary, timing_line, timing_summary, with_overhead
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_overhead_is_the_iteration_minus_its_stages():
+    times = {"time/rollout": 3.0, "time/reward": 0.5, "time/advantage": 2.0, "time/update": 4.0,
+             "time/sync": 0.25, "time/iteration": 10.0, "time/actor_forward": 1.0}  # fmt: skip
+    out = with_overhead(times)
+    assert out["time/overhead"] == pytest.approx(10.0 - 9.75)  # sub-stages are not counted twice
+    assert out["time/overhead_share"] == pytest.approx(0.025)
+    assert with_overhead({"time/iteration": 2.0, "time/rollout": 1.5})["time/overhead"] == pytest.approx(0.5)
+    line = timing_line(out)
+    assert line.startswith("10.0s = rollout 3.0 + reward 0.5 + forward 2.0 (actor 1.0) + update 4.0")
+    assert line.endswith("controller 0.25 (2.5%)")
+
+
+def test_timing_and_memory_summaries_by_hand():
+    history = [
+        {"step": 0, "eval/pass_rate": 0.1},  # not an iteration row
+        {"step": 1, "time/iteration": 10.0, "time/rollout": 4.0, "time/overhead": 0.5, "memory/actor_peak_mb": 100.0},
+        {"step": 2, "time/iteration": 20.0, "time/rollout": 6.0, "time/overhead": 1.0, "memory/actor_peak_mb": 90.0,
+         "memory/rollout_peak_mb": 50.0},
+    ]  # fmt: skip
+    s = timing_summary(history)
+    assert s["time_per_iteration_mean_seconds"] == {"rollout": 5.0, "overhead": 0.75, "iteration": 15.0}
+    assert s["controller_overhead_share"] == pytest.approx(
+        1.5 / 30.0
+    )  # of all iteration time, not a mean of shares
+    assert memory_summary(history) == {"peak_memory_mb": {"actor_peak_mb": 100.0, "rollout_peak_mb": 50.0}}
+    assert timing_summary([{"step": 0}]) == {} and memory_summary([{"step": 0}]) == {}
+
+
+def test_stage_timer_sums_repeated_stages_and_resets():
+    timer = StageTimer()
+    for _ in range(2):
+        with timer("reward"):
+            time.sleep(0.02)
+    with pytest.raises(RuntimeError), timer("sync"):  # a failing stage still counts its time
+        raise RuntimeError("boom")
+    got = timer.reset()
+    assert set(got) == {"time/reward", "time/sync"} and 0.04 <= got["time/reward"] < 1.0
+    assert timer.reset() == {}
