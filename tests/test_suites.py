@@ -97,7 +97,9 @@ def test_math_python_tool_is_sandboxed():
         ToolCall("python", {"code": "x = 1"}),
     ])  # fmt: skip
     assert ok.ok and ok.output == "5050"
-    assert not net.ok and not loop.ok and "CPU time limit" in loop.output
+    assert not net.ok and not loop.ok
+    # the CPU limit normally ends the loop; on a machine busy with other work the wall clock may come first
+    assert "CPU time limit" in loop.output or "wall-clock limit" in loop.output
     assert silent.ok and "no output" in silent.output
 
 

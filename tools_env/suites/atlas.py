@@ -72,6 +72,22 @@ def _world(num_countries: int = 24, seed: int = 1234) -> dict[str, dict[str, Any
 
 
 WORLD = _world()
+
+
+def shuffled_world(rng: random.Random) -> dict[str, dict[str, Any]]:
+    """The bundled countries with freshly drawn facts: the same task shapes, none of the same answers."""
+    languages = sorted({row["language"] for row in WORLD.values()})
+    return {
+        n: {
+            "population": rng.randint(10, 99),
+            "area": rng.randint(10, 99),
+            "capital": n[:3] + rng.choice(["ville", "burg", "port"]),
+            "language": rng.choice(languages),
+        }
+        for n in WORLD
+    }
+
+
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.USub: operator.neg}
 
 
@@ -112,18 +128,25 @@ def call_text(name: str, arguments: dict[str, Any]) -> str:
 @register_suite("atlas")
 class AtlasSuite(Suite):
     system_prompt = "You answer questions about countries. Use the tools, then give the answer."
+    world: dict[str, dict[str, Any]] = WORLD  # the bundled table; ``with_world`` swaps it (pretraining)
+
+    def with_world(self, world: dict[str, dict[str, Any]]) -> AtlasSuite:
+        """A copy of the suite over another table with the same country names."""
+        other = type(self)()
+        other.world = world
+        return other
 
     def entity_tokens(self) -> list[str]:
-        return sorted(WORLD)
+        return sorted(self.world)
 
     @tool
     def lookup(
         self, state: dict, country: str, field: Literal["population", "area", "capital", "language"]
     ) -> str:
         """Look up one field of a country in the atlas (population in thousands, area in km2)."""
-        if country not in WORLD:
+        if country not in self.world:
             raise ToolError(f"no country named {country!r} in the atlas")
-        return str(WORLD[country][field])
+        return str(self.world[country][field])
 
     @tool
     def calculator(self, state: dict, expression: str) -> str:
@@ -146,7 +169,7 @@ class AtlasSuite(Suite):
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         rng = random.Random(f"atlas-{split}-{seed}")
-        names = sorted(WORLD)
+        names = sorted(self.world)
         out: list[Task] = []
         seen: set[str] = set()
         attempts = 0
@@ -158,8 +181,8 @@ class AtlasSuite(Suite):
             field = rng.choice(NUMERIC_FIELDS)
             countries = rng.sample(names, {"offset": 1, "sum2": 2, "diff2": 2, "sum3": 3}[kind])
             if kind == "diff2":
-                countries.sort(key=lambda c: -WORLD[c][field])
-                if WORLD[countries[0]][field] == WORLD[countries[1]][field]:
+                countries.sort(key=lambda c: -self.world[c][field])
+                if self.world[countries[0]][field] == self.world[countries[1]][field]:
                     continue
             offset = rng.randint(2, 9) if kind == "offset" else 0
             signature = f"{kind}|{field}|{','.join(countries)}|{offset}"
@@ -173,7 +196,7 @@ class AtlasSuite(Suite):
     def _make_task(
         self, kind: str, field: str, countries: list[str], offset: int, split: str, i: int
     ) -> Task:
-        values = [WORLD[c][field] for c in countries]
+        values = [self.world[c][field] for c in countries]
         if kind == "offset":
             question, expression = (
                 f"What is the {field} of {countries[0]} plus {offset}?",
@@ -238,7 +261,9 @@ class AtlasSuite(Suite):
             messages.append({"role": "assistant", "content": call_text(name, args)})
             messages.append({"role": "tool", "content": str(getattr(self, name)({}, **args))})
         if flaw == "premature_answer":
-            messages.append({"role": "assistant", "content": f"The answer is {WORLD[countries[0]][field]}."})
+            messages.append(
+                {"role": "assistant", "content": f"The answer is {self.world[countries[0]][field]}."}
+            )
             return messages
         expression = task.meta["expression"]
         messages.append({"role": "assistant", "content": call_text("calculator", {"expression": expression})})
