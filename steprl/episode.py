@@ -7,13 +7,14 @@ appended as chat-template deltas with ``obs_mask`` set, and history is never re-
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 from typing import Any
 
 from steprl.chat import ChatEncoder
 from steprl.engines.base import RolloutEngine
 from steprl.protocol import StepRecord, Trajectory
-from tools_env.parsers import ParsedTurn
+from tools_env.parsers import ParsedTurn, ToolCall
 from tools_env.suite import Task
 
 
@@ -31,6 +32,104 @@ class _Live:
     messages: list[dict[str, Any]]
     session_id: str
     index: int
+    # what it takes to rebuild the episode's state in a new session (fork_episode): the calls each
+    # step executed, and the length of ``messages`` after each step
+    calls: list[list[ToolCall]] = field(default_factory=list)
+    message_marks: list[int] = field(default_factory=list)
+    prompt_messages: int = 0
+
+
+LiveEpisode = _Live  # public name for methods that drive episodes turn by turn (ARPO, CodeTool)
+
+
+def open_episode(
+    env: Any, encoders: dict[str, ChatEncoder], task: Task, index: int = 0, group_id: str | None = None
+) -> _Live:
+    """A new episode at its prompt, with its own environment session."""
+    messages, prompt_ids = encoders[task.suite].start(task.question)
+    traj = Trajectory(task_id=task.task_id, prompt_ids=prompt_ids, group_id=group_id or task.task_id)
+    traj.meta["suite"] = task.suite
+    return _Live(traj, task, messages, env.open_session(task), index, prompt_messages=len(messages))
+
+
+def fork_episode(ep: _Live, env: Any, num_steps: int, index: int) -> _Live:
+    """A copy of ``ep`` as it was after its first ``num_steps`` steps, in a new session.
+
+    The new session is brought to the same state by replaying the calls of those steps (tools
+    are expected to be deterministic; a replay whose outputs differ sets ``meta["replay_mismatch"]``).
+    Token ids are copied, never re-tokenized: the fork shares the exact prefix.
+    """
+    if not 0 <= num_steps <= len(ep.message_marks):
+        raise ValueError(f"cannot fork at step {num_steps}: the episode has {len(ep.message_marks)} steps")
+    src = ep.traj
+    cut = sum(1 for s in src.step_index if s < num_steps)
+    traj = Trajectory(
+        task_id=src.task_id,
+        prompt_ids=list(src.prompt_ids),
+        response_ids=src.response_ids[:cut],
+        action_mask=src.action_mask[:cut],
+        obs_mask=src.obs_mask[:cut],
+        step_index=src.step_index[:cut],
+        rollout_logprobs=src.rollout_logprobs[:cut],
+        steps=copy.deepcopy(src.steps[:num_steps]),
+        group_id=src.group_id,
+        meta={k: copy.deepcopy(v) for k, v in src.meta.items() if k != "final_state"},
+    )
+    start = ep.message_marks[num_steps - 1] if num_steps else ep.prompt_messages
+    session = env.open_session(ep.task)
+    for step, calls in zip(traj.steps, ep.calls[:num_steps], strict=True):
+        if calls:
+            outcomes = env.call(session, calls)
+            if [o.to_dict() for o in outcomes] != step.info.get("calls"):
+                traj.meta["replay_mismatch"] = True
+    fork = _Live(
+        traj, ep.task, copy.deepcopy(ep.messages[:start]), session, index, prompt_messages=ep.prompt_messages
+    )
+    fork.calls = [list(c) for c in ep.calls[:num_steps]]
+    fork.message_marks = ep.message_marks[:num_steps]
+    return fork
+
+
+def advance_episodes(
+    engine: RolloutEngine,
+    env: Any,
+    encoders: dict[str, ChatEncoder],
+    parse: Any,
+    live: list[_Live],
+    budget: EpisodeBudget,
+    temperature: float,
+    seed: int | None,
+    entropy_tokens: int = 0,
+) -> tuple[list[_Live], list[_Live], list[Any]]:
+    """One lockstep turn for every live episode: (still live, finished now, the generations).
+
+    The generations are aligned with ``live``; ``entropy_tokens > 0`` asks the engine for the
+    entropies of the first that many tokens of each turn.
+    """
+    room = [budget.max_response_tokens - len(ep.traj.response_ids) for ep in live]
+    extra = {"entropy_tokens": entropy_tokens} if entropy_tokens > 0 else {}
+    gens = engine.generate(
+        [ep.traj.prompt_ids + ep.traj.response_ids for ep in live],
+        [max(1, min(budget.max_tokens_per_turn, r)) for r in room],
+        temperature,
+        seed,
+        **extra,
+    )
+    still: list[_Live] = []
+    finished: list[_Live] = []
+    for ep, gen in zip(live, gens, strict=True):
+        if _advance(ep, gen, env, encoders[ep.task.suite], parse, budget):
+            still.append(ep)
+        else:
+            finished.append(ep)
+    return still, finished, gens
+
+
+def close_episode(env: Any, ep: _Live) -> Trajectory:
+    """Close the session, keep its final state for the checker, and check the invariants."""
+    ep.traj.meta["final_state"] = env.close_session(ep.session_id)
+    ep.traj.validate()
+    return ep.traj
 
 
 def run_episodes(
@@ -45,37 +144,27 @@ def run_episodes(
     group_ids: list[str] | None = None,
 ) -> list[Trajectory]:
     """Run one episode per task; ``env`` is a ToolEnv or a ToolClient (same methods)."""
-    live: list[_Live] = []
-    for i, task in enumerate(tasks):
-        messages, prompt_ids = encoders[task.suite].start(task.question)
-        traj = Trajectory(
-            task_id=task.task_id, prompt_ids=prompt_ids, group_id=group_ids[i] if group_ids else task.task_id
-        )
-        traj.meta["suite"] = task.suite
-        live.append(_Live(traj, task, messages, env.open_session(task), i))
+    live = [
+        open_episode(env, encoders, task, i, group_ids[i] if group_ids else None)
+        for i, task in enumerate(tasks)
+    ]
     finished: list[_Live] = []
     turn = 0
     while live:
-        room = [budget.max_response_tokens - len(ep.traj.response_ids) for ep in live]
-        gens = engine.generate(
-            [ep.traj.prompt_ids + ep.traj.response_ids for ep in live],
-            [max(1, min(budget.max_tokens_per_turn, r)) for r in room],
-            temperature,
-            None if seed is None else seed + 7919 * turn,
+        live, done, _ = advance_episodes(
+            engine, env, encoders, parse, live, budget, temperature, turn_seed(seed, turn)
         )
-        still: list[_Live] = []
-        for ep, gen in zip(live, gens, strict=True):
-            if _advance(ep, gen, env, encoders[ep.task.suite], parse, budget):
-                still.append(ep)
-            else:
-                finished.append(ep)
-        live = still
+        finished.extend(done)
         turn += 1
     for ep in finished:
-        ep.traj.meta["final_state"] = env.close_session(ep.session_id)
-        ep.traj.validate()
+        close_episode(env, ep)
     finished.sort(key=lambda ep: ep.index)
     return [ep.traj for ep in finished]
+
+
+def turn_seed(seed: int | None, turn: int) -> int | None:
+    """The engine seed of lockstep turn ``turn``."""
+    return None if seed is None else seed + 7919 * turn
 
 
 def _advance(ep: _Live, gen: Any, env: Any, encoder: ChatEncoder, parse: Any, budget: EpisodeBudget) -> bool:
@@ -100,6 +189,7 @@ def _advance(ep: _Live, gen: Any, env: Any, encoder: ChatEncoder, parse: Any, bu
         step.info["calls"] = []
     else:
         outcomes = env.call(ep.session_id, parsed.calls)
+        ep.calls.append(list(parsed.calls))
         step.tool_calls = [{"name": c.name, "arguments": c.arguments} for c in parsed.calls]
         step.info["calls"] = [o.to_dict() for o in outcomes]
         step.succ_calling = float(all(o.ok for o in outcomes))
@@ -108,6 +198,9 @@ def _advance(ep: _Live, gen: Any, env: Any, encoder: ChatEncoder, parse: Any, bu
     ep.messages.append({"role": "assistant", "content": text})
     obs_ids = encoder.observation_ids(ep.messages, tool_msgs)
     ep.messages.extend(tool_msgs)
+    if parsed.error:
+        ep.calls.append([])
+    ep.message_marks.append(len(ep.messages))
     if len(traj.response_ids) + len(obs_ids) >= budget.max_response_tokens:
         return _end(traj, "max_tokens", truncated=True)  # no room for the result and another turn
     traj.append(obs_ids, is_action=False, step=k)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
 from pathlib import Path
 
@@ -58,3 +59,36 @@ def test_stage_timer_sums_repeated_stages_and_resets():
     got = timer.reset()
     assert set(got) == {"time/reward", "time/sync"} and 0.04 <= got["time/reward"] < 1.0
     assert timer.reset() == {}
+
+
+@pytest.mark.slow
+def test_rollout_throughput_smoke(tmp_path):
+    bench = _load("rollout_throughput")
+    out = tmp_path / "rollout.json"
+    assert bench.main(["--engines", "hf", "--models", "embedded", "--episodes", "3", "--max-tokens-per-turn", "8",
+                       "--max-response-tokens", "32", "--threads", "1", "--json", str(out)]) == 0  # fmt: skip
+    data = json.loads(out.read_text())
+    (r,) = data["results"]
+    assert r["engine"] == "hf" and r["episodes"] == 3 and r["generated_tokens"] > 0
+    assert r["tokens_per_s"] == pytest.approx(r["generated_tokens"] / r["seconds"], rel=1e-3)
+    assert r["ratio_tokens_per_s"] == 1.0 and r["peak_mb"] > 50  # the baseline is itself; a real process RSS
+    assert "default engine" in data["default_engine"]
+
+
+@pytest.mark.slow
+def test_train_throughput_smoke(tmp_path):
+    bench = _load("train_throughput")
+    out = tmp_path / "train.json"
+    assert bench.main(["--models", "embedded", "--shapes", "2x1", "--batch", "2", "--updates", "1",
+                       "--matmul-n", "256", "--json", str(out)]) == 0  # fmt: skip
+    data = json.loads(out.read_text())
+    (r,) = data["results"]
+    assert r["world_size"] == 2 and r["tokens_per_s"] > 0 and r["peak_mb_per_rank"] > 50
+    assert r["flops_per_s"] == pytest.approx(6 * r["params"] * r["tokens_per_s"])
+    assert r["share_of_peak_all_threads"] == pytest.approx(r["flops_per_s"] / data["peak_flops_all_threads"])
+
+
+def test_matmul_peak_is_a_plausible_rate():
+    bench = _load("train_throughput")
+    flops = bench.matmul_peak_flops(128, repeats=2, threads=1)
+    assert 1e7 < flops < 1e13  # 2 n^3 over a measured time: between 10 MFLOP/s and 10 TFLOP/s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from steprl.chat import ChatEncoder
@@ -85,6 +86,15 @@ class RolloutWorker:
         seconds = time.time() - t0
         generated = sum(sum(t.action_mask) for t in trajs)
         return trajs, {"rollout/seconds": seconds, "rollout/generated_tokens": generated}
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(self, *args, **kwargs)`` here, next to the engine and the environment.
+
+        The extension point for methods whose rollouts are not plain episodes (ARPO's branching
+        tree, ArCHer's policy actions for replayed states, CodeTool's candidate search): they ship a
+        module-level function instead of adding a method to this worker.
+        """
+        return fn(self, *args, **kwargs)
 
     def load_weights(self, weights_dir: str) -> float:
         t0 = time.time()

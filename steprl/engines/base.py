@@ -10,11 +10,18 @@ from dataclasses import dataclass
 
 @dataclass
 class Generation:
-    """One generated turn: sampled ids, their log-probs, and whether it ended on a stop token."""
+    """One generated turn: sampled ids, their log-probs, and whether it ended on a stop token.
+
+    ``entropies`` (only when ``generate`` was asked for ``entropy_tokens > 0``): the normalized
+    entropy in [0, 1] of the next-token distribution (temperature 1) at each of the first
+    ``entropy_tokens`` generated tokens; exact on engines that see the logits, a top-k estimate on
+    engines that only return top-k log-probs (see ``steprl.algorithms.arpo``).
+    """
 
     token_ids: list[int]
     logprobs: list[float]
     stopped: bool
+    entropies: list[float] | None = None
 
 
 class RolloutEngine(ABC):
@@ -22,7 +29,11 @@ class RolloutEngine(ABC):
     def generate(
         self, prompts: list[list[int]], max_tokens: list[int], temperature: float, seed: int | None = None
     ) -> list[Generation]:
-        """Continue each prompt until a stop token or its token budget."""
+        """Continue each prompt until a stop token or its token budget.
+
+        Callers that need per-token entropies pass ``entropy_tokens=k`` (a keyword the built-in
+        engines accept); it is never passed when 0, so engines without it keep working.
+        """
 
     @abstractmethod
     def load_weights(self, weights_dir: str) -> None:

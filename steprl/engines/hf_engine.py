@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
+from steprl.algorithms.arpo import normalized_entropy_from_logits
 from steprl.engines.base import Generation, RolloutEngine
 
 
@@ -32,8 +33,14 @@ class HFEngine(RolloutEngine):
 
     @torch.no_grad()
     def generate(
-        self, prompts: list[list[int]], max_tokens: list[int], temperature: float, seed: int | None = None
+        self,
+        prompts: list[list[int]],
+        max_tokens: list[int],
+        temperature: float,
+        seed: int | None = None,
+        entropy_tokens: int = 0,
     ) -> list[Generation]:
+        """``entropy_tokens > 0``: exact normalized entropies of the first that many tokens (from logits)."""
         if seed is not None:
             self.generator.manual_seed(seed)
         B, L = len(prompts), max(len(p) for p in prompts)
@@ -47,6 +54,7 @@ class HFEngine(RolloutEngine):
         out_ids: list[list[int]] = [[] for _ in range(B)]
         out_lps: list[list[float]] = [[] for _ in range(B)]
         stopped = [False] * B
+        out_ent: list[list[float]] = [[] for _ in range(B)]
         past, step_input = None, ids
         position = (mask.cumsum(-1) - 1).clamp(min=0)
         step_pos = position
@@ -60,6 +68,7 @@ class HFEngine(RolloutEngine):
             )
             past = out.past_key_values
             logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+            ent = normalized_entropy_from_logits(out.logits[:, -1]) if _t < entropy_tokens else None
             if temperature > 0:
                 probs = torch.softmax(out.logits[:, -1].float() / temperature, dim=-1)
                 nxt = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
@@ -70,6 +79,8 @@ class HFEngine(RolloutEngine):
                     tok = int(nxt[b])
                     out_ids[b].append(tok)
                     out_lps[b].append(float(logp[b, tok]))
+                    if ent is not None:
+                        out_ent[b].append(float(ent[b]))
                     if bool((self.stop == tok).any()):
                         stopped[b], active[b] = True, False
                     elif len(out_ids[b]) >= int(budget[b]):
@@ -79,7 +90,10 @@ class HFEngine(RolloutEngine):
             step_input = nxt.unsqueeze(-1)
             mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=self.device)], dim=-1)
             step_pos = step_pos[:, -1:] + 1
-        return [Generation(i, lp, s) for i, lp, s in zip(out_ids, out_lps, stopped, strict=True)]
+        return [
+            Generation(i, lp, s, e if entropy_tokens > 0 else None)
+            for i, lp, s, e in zip(out_ids, out_lps, stopped, out_ent, strict=True)
+        ]
 
     def load_weights(self, weights_dir: str) -> None:
         import glob

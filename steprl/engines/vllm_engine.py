@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from steprl.algorithms.arpo import normalized_entropy_from_topk
 from steprl.engines.base import Generation, RolloutEngine
 
 
@@ -16,10 +17,12 @@ class VLLMEngine(RolloutEngine):
         seed: int = 0,
         enforce_eager: bool = True,
         tensor_parallel_size: int = 1,
+        entropy_topk: int = 20,
     ) -> None:
         from vllm import LLM
 
         self.stop_token_ids = list(stop_token_ids)
+        self.entropy_topk = entropy_topk  # top-k log-probs per token when entropies are asked for
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -31,8 +34,15 @@ class VLLMEngine(RolloutEngine):
         )
 
     def generate(
-        self, prompts: list[list[int]], max_tokens: list[int], temperature: float, seed: int | None = None
+        self,
+        prompts: list[list[int]],
+        max_tokens: list[int],
+        temperature: float,
+        seed: int | None = None,
+        entropy_tokens: int = 0,
     ) -> list[Generation]:
+        """``entropy_tokens > 0``: entropies of the first that many tokens, estimated from the top-k
+        log-probs vLLM returns (``entropy_topk``, at most the engine's ``max_logprobs``)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -43,7 +53,8 @@ class VLLMEngine(RolloutEngine):
             SamplingParams(
                 max_tokens=m,
                 temperature=temperature,
-                logprobs=0,  # the sampled token's log-prob (raw logits, i.e. temperature 1)
+                # the sampled token's log-prob (raw logits, i.e. temperature 1), plus the top k if asked
+                logprobs=self.entropy_topk if entropy_tokens > 0 else 0,
                 stop_token_ids=self.stop_token_ids,
                 skip_special_tokens=False,
                 detokenize=False,
@@ -56,7 +67,19 @@ class VLLMEngine(RolloutEngine):
             o = out.outputs[0]
             ids = list(o.token_ids)
             lps = [float(step[t].logprob) for step, t in zip(o.logprobs, ids, strict=True)]
-            gens.append(Generation(ids, lps, bool(ids) and ids[-1] in self.stop_token_ids))
+            ents = None
+            if entropy_tokens > 0:
+                ents = [
+                    normalized_entropy_from_topk(
+                        [
+                            lp.logprob
+                            for lp in step.values()
+                            if lp.rank is not None and lp.rank <= self.entropy_topk
+                        ]
+                    )
+                    for step in o.logprobs[:entropy_tokens]
+                ]
+            gens.append(Generation(ids, lps, bool(ids) and ids[-1] in self.stop_token_ids, ents))
         return gens
 
     def load_weights(self, weights_dir: str) -> None:

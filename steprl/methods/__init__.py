@@ -49,3 +49,4 @@ def get_method(name: str) -> Method:
 
 def _load_builtin() -> None:
     from steprl.methods import ppo  # noqa: F401  (registers itself)
+    from steprl.methods import archer, arpo  # noqa: F401  (ARPO, ArCHer, CodeTool: recipes part B)
