@@ -54,7 +54,35 @@ class RewardConfig:
     alpha: float = 1.0  # r_t = (alpha * SuccCalling + Contribution) / (1 + alpha)
     step_grained: bool = True  # False: ablation "without step-grained reward"
     normalize: str = "none"  # none | scale (divide by the running std) | center (subtract the mean too)
-    num_workers: int = 1
+    num_workers: int = 1  # reward Ray actors; a batch is split across them (docs/rewards.md)
+    # per-component overrides of `source` (rule | judge | prm | file); None: take `source`
+    succ_calling_source: str | None = None
+    contribution_source: str | None = None
+    is_solved_source: str | None = None
+    unscored_fallback: str = "zero"  # a component a source could not score: zero | a source name (e.g. rule)
+    # judge: an OpenAI-compatible chat endpoint; url/model fall back to STEPRL_JUDGE_URL/STEPRL_JUDGE_MODEL
+    judge_url: str = ""  # base URL (…/v1) or the full …/chat/completions URL
+    judge_model: str = ""
+    judge_api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable, never from the config
+    judge_mode: str = "json_schema"  # json_schema (response_format) | tool (forced function call)
+    judge_samples: int = 3  # k samples per trajectory, averaged (the published setup uses 3)
+    judge_temperature: float = 0.7
+    judge_max_tokens: int = 512
+    judge_seed: int = 0  # sample j is requested with seed judge_seed + j (reproducible, cacheable)
+    judge_concurrency: int = 8  # in-flight requests per reward worker
+    judge_timeout: float = 60.0  # seconds per request
+    judge_max_retries: int = 3  # retries of a failed or unparsable reply, with exponential backoff
+    judge_backoff: float = 0.5  # seconds before the first retry; doubles each retry
+    judge_max_observation_chars: int = 1000  # a tool result is cut to this many characters in the prompt
+    judge_cache_dir: str = ""  # also keep replies on disk here (empty: in memory only)
+    # prm: a process reward model directory (steprl.prm) scoring each step's prefix
+    prm_path: str = ""
+    prm_device: str = "cpu"
+    prm_batch_size: int = 16
+    # file: annotations that come with the data, keyed by task_id
+    file_path: str = ""
+    file_format: str = "auto"  # auto (by suffix) | steptool_json (published reward annotations) | jsonl
+    file_missing: str = "error"  # a trajectory without a usable annotation: error | unscored
 
 
 @dataclass
@@ -109,53 +137,6 @@ class SFTConfig:
 
 
 @dataclass
-class ARPOConfig:
-    """ARPO: entropy-based branching after tool calls (group budget M = rollout.group_size)."""
-
-    initial_rollouts: int = 4  # N: trajectories per prompt that start from the prompt
-    alpha: float = 0.5  # branch probability p = clip(alpha + beta * dH, 0, 1) (paper's defaults)
-    beta: float = 0.2
-    beam_size: int = 2  # at most beam_size - 1 branches per source per tool call
-    entropy_window: int = 20  # tokens after a tool result whose entropy is measured
-    attribution: str = "soft"  # soft (plain GRPO over shared prefixes) | hard (shared tokens: mean advantage)
-    format_penalty: float = -1.0
-    tool_bonus: float = 0.1  # paid when >= bonus_min_tools distinct tools were used
-    bonus_min_tools: int = 2
-    bonus_requires_correct: bool = True  # the paper pays the bonus only with a correct answer
-
-
-@dataclass
-class ArcherConfig:
-    """ArCHer: utterance-level off-policy critic (double Q + V, target nets) + token-level policy."""
-
-    gamma: float = 0.95  # per-step discount of the TD targets (ArCHer's default)
-    tau: float = 0.1  # Polyak rate of the target networks (ArCHer's default)
-    buffer_size: int = 512  # replay buffer capacity in trajectories (each holds all its steps)
-    batch_size: int = 16  # trajectories per critic update
-    critic_updates: int = 4  # critic gradient steps per iteration
-    actor_warmup: int = 1  # first iterations train only the critic
-    critic_path: str = ""  # an ArCHer critic checkpoint to start from (empty: the policy's backbone)
-
-
-@dataclass
-class CodeToolConfig:
-    """CodeTool: on-the-spot (code ran) + latent (PRM potential) step rewards; best-of-n step search."""
-
-    tree_tasks: int = 16  # training tasks explored to build sibling pairs for the PRM
-    tree_depth: int = 2  # D: steps expanded from the prompt
-    tree_width: int = 2  # n: candidate steps sampled per node
-    completions: int = 1  # rollouts to the end from every leaf (success labels)
-    potential: str = "soft"  # soft: fraction of successful rollouts below a node | hard: any success
-    prm_path: str = ""  # a trained PRM to use (empty: build pairs and train one in setup)
-    prm_epochs: int = 2
-    prm_lr: float = 1e-4
-    prm_batch_size: int = 8
-    search_candidates: int = 4  # inference: candidate steps sampled per step
-    search_depth: int = 6  # inference: steps followed at most
-    eval_search: bool = True  # evaluate before/after training with the search as well
-
-
-@dataclass
 class TrainerConfig:
     method: str = "ppo"  # registry name in steprl.methods: what one iteration does
     total_iterations: int = 12
@@ -166,6 +147,7 @@ class TrainerConfig:
     seed: int = 0
     logger: list[str] = field(default_factory=lambda: ["console", "jsonl", "tensorboard"])
     progress: bool = True
+    save_rollouts: bool = False  # write every scored rollout batch to <run_dir>/rollouts/iter_XXXXX.parquet
 
 
 @dataclass
@@ -187,9 +169,6 @@ class StepRLConfig:
     ref: WorkerConfig = field(default_factory=lambda: WorkerConfig(world_size=1))
     optim: OptimConfig = field(default_factory=OptimConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
-    arpo: ARPOConfig = field(default_factory=ARPOConfig)
-    archer: ArcherConfig = field(default_factory=ArcherConfig)
-    codetool: CodeToolConfig = field(default_factory=CodeToolConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -205,6 +184,79 @@ class ConfigError(ValueError):
 def _check(ok: bool, key: str, msg: str) -> None:
     if not ok:
         raise ConfigError(f"config error: {key} {msg}")
+
+
+def _validate_reward(r: RewardConfig) -> None:
+    """Reward sources exist and give the components asked of them; the settings of those in use."""
+    from pathlib import Path
+
+    from steprl.reward_sources import (
+        JUDGE_MODEL_ENV,
+        JUDGE_URL_ENV,
+        REWARD_SOURCES,
+        component_plan,
+        get_source_class,
+        reward_env,
+    )
+
+    known = sorted(REWARD_SOURCES)
+    _check(r.num_workers >= 1, "reward.num_workers", "must be >= 1")
+    for comp, src in component_plan(r).items():
+        key = f"reward.{comp}_source" if getattr(r, f"{comp}_source") else "reward.source"
+        _check(src in known, key, f"must be one of {known}, got {src!r}")
+        gives = sorted(get_source_class(src).components)
+        _check(comp in gives, key, f"{src!r} gives only {gives}, not {comp}; set reward.{comp}_source")
+    fb = r.unscored_fallback
+    _check(
+        fb == "zero" or fb in known, "reward.unscored_fallback", f"must be zero or one of {known}, got {fb!r}"
+    )
+    used = set(component_plan(r).values()) | ({fb} - {"zero"})
+    _check(r.judge_mode in ("json_schema", "tool"), "reward.judge_mode", "must be json_schema or tool")
+    _check(r.judge_samples >= 1, "reward.judge_samples", "must be >= 1")
+    _check(r.judge_concurrency >= 1, "reward.judge_concurrency", "must be >= 1")
+    _check(r.judge_timeout > 0, "reward.judge_timeout", "must be > 0")
+    _check(r.judge_max_retries >= 0, "reward.judge_max_retries", "must be >= 0")
+    _check(r.judge_backoff >= 0, "reward.judge_backoff", "must be >= 0")
+    _check(r.judge_temperature >= 0, "reward.judge_temperature", "must be >= 0")
+    _check(r.judge_max_tokens >= 1, "reward.judge_max_tokens", "must be >= 1")
+    _check(r.judge_max_observation_chars >= 1, "reward.judge_max_observation_chars", "must be >= 1")
+    if "judge" in used:
+        env = reward_env(r)
+        url = r.judge_url or env.get(JUDGE_URL_ENV, "")
+        _check(
+            url.startswith(("http://", "https://")),
+            "reward.judge_url",
+            f"must be an http(s) URL (or set {JUDGE_URL_ENV}), got {url!r}",
+        )
+        _check(
+            bool(r.judge_model or env.get(JUDGE_MODEL_ENV)),
+            "reward.judge_model",
+            f"must be set (or {JUDGE_MODEL_ENV})",
+        )
+    _check(r.prm_batch_size >= 1, "reward.prm_batch_size", "must be >= 1")
+    _check(
+        r.prm_device in ("cpu", "cuda") or r.prm_device.startswith("cuda:"),
+        "reward.prm_device",
+        "must be cpu or cuda[:i]",
+    )
+    if "prm" in used:
+        _check(
+            Path(r.prm_path).expanduser().is_dir(),
+            "reward.prm_path",
+            f"must be a PRM directory, got {r.prm_path!r}",
+        )
+    _check(
+        r.file_format in ("auto", "steptool_json", "jsonl"),
+        "reward.file_format",
+        "must be auto, steptool_json or jsonl",
+    )
+    _check(r.file_missing in ("error", "unscored"), "reward.file_missing", "must be error or unscored")
+    if "file" in used:
+        _check(
+            Path(r.file_path).expanduser().is_file(),
+            "reward.file_path",
+            f"must be an annotation file, got {r.file_path!r}",
+        )
 
 
 def validate(cfg: Any) -> StepRLConfig:
@@ -236,6 +288,7 @@ def validate(cfg: Any) -> StepRLConfig:
         c.reward.normalize in ("none", "scale", "center"), "reward.normalize", "must be none, scale or center"
     )
     _check(c.reward.alpha >= 0, "reward.alpha", f"must be >= 0, got {c.reward.alpha}")
+    _validate_reward(c.reward)
     _check(c.rollout.temperature >= 0, "rollout.temperature", "must be >= 0")
     _check(c.rollout.group_size >= 1, "rollout.group_size", "must be >= 1")
     _check(c.rollout.max_turns >= 1, "rollout.max_turns", "must be >= 1")
@@ -266,32 +319,6 @@ def validate(cfg: Any) -> StepRLConfig:
         get_method(c.trainer.method)
     except KeyError as e:
         raise ConfigError(f"config error: {str(e).strip(chr(34) + chr(39))}") from e
-    _check(c.arpo.initial_rollouts >= 1, "arpo.initial_rollouts", "must be >= 1")
-    _check(c.arpo.beam_size >= 1, "arpo.beam_size", "must be >= 1")
-    _check(c.arpo.entropy_window >= 1, "arpo.entropy_window", "must be >= 1")
-    _check(c.arpo.attribution in ("soft", "hard"), "arpo.attribution", "must be soft or hard")
-    _check(0.0 <= c.archer.gamma <= 1.0, "archer.gamma", f"must be in [0, 1], got {c.archer.gamma}")
-    _check(0.0 < c.archer.tau <= 1.0, "archer.tau", f"must be in (0, 1], got {c.archer.tau}")
-    _check(c.archer.buffer_size >= c.archer.batch_size >= 1, "archer", "needs buffer_size >= batch_size >= 1")
-    _check(
-        c.archer.critic_updates >= 1 and c.archer.actor_warmup >= 0,
-        "archer",
-        "critic_updates >= 1, actor_warmup >= 0",
-    )
-    ct = c.codetool
-    _check(
-        ct.tree_depth >= 1 and ct.tree_width >= 2,
-        "codetool",
-        "needs tree_depth >= 1 and tree_width >= 2 (siblings)",
-    )
-    _check(ct.completions >= 1 and ct.tree_tasks >= 1, "codetool", "completions and tree_tasks must be >= 1")
-    _check(ct.potential in ("soft", "hard"), "codetool.potential", "must be soft or hard")
-    _check(
-        ct.search_candidates >= 1 and ct.search_depth >= 1, "codetool", "search_candidates/depth must be >= 1"
-    )
-    _check(
-        ct.prm_epochs >= 1 and ct.prm_lr > 0 and ct.prm_batch_size >= 1, "codetool.prm_*", "must be positive"
-    )
     _check(c.trainer.total_iterations >= 0, "trainer.total_iterations", "must be >= 0")
     _check(c.trainer.tasks_per_iteration >= 1, "trainer.tasks_per_iteration", "must be >= 1")
     _check(

@@ -23,6 +23,7 @@ from steprl.algorithms.kl import AdaptiveKLController, FixedKLController, apply_
 from steprl.algorithms.losses import kl_penalty, masked_mean, masked_whiten
 from steprl.algorithms.rewards import RunningRewardNormalizer
 from steprl.config import StepRLConfig
+from steprl.data.parquet_io import write_trajectories_parquet
 from steprl.episode import EpisodeBudget
 from steprl.logger import MetricsLogger
 from steprl.progress import Progress, StageTimer, with_overhead
@@ -30,7 +31,7 @@ from steprl.protocol import Batch, Trajectory, collate
 from tools_env.suite import Task, get_suite
 from workers.fsdp import ActorWorker, CriticWorker, RefWorker
 from workers.group import WorkerGroup
-from workers.reward import RewardWorker
+from workers.reward import RewardWorker, merge_metrics, reward_env
 from workers.rollout import RolloutWorker
 
 
@@ -73,11 +74,8 @@ class Controller:
             self.tool_server_url = self.tool_server.url
         self.rollout_workers: list[Any] = []
         self.reward_workers: list[Any] = []
+        self.reward_metrics: dict[str, float] = {}  # of the last scored batch (reward workers' counters)
         self.pad_id = 0
-        # worker groups a method starts itself (e.g. ArCHer's critic): saved (save_hf) into every
-        # checkpoint under their name, and shut down with the rest
-        self.extra_groups: dict[str, WorkerGroup] = {}
-        self.policy_path = model_path  # what the rollout/ref/critic workers started from (after SFT)
 
     # ---- setup -------------------------------------------------------------------------------
     def _group(self, cls: type, wcfg: Any, path: str, name: str) -> WorkerGroup:
@@ -106,15 +104,13 @@ class Controller:
     def start_rest(self, policy_path: str) -> None:
         """Reference, critic, reward and rollout workers, all starting from the (SFT) policy."""
         c = self.cfg
-        self.policy_path = policy_path
         if c.algorithm.kl_coef > 0:
             self.ref = self._group(RefWorker, c.ref, policy_path, "ref")
         if c.algorithm.use_critic:
             self.critic = self._group(CriticWorker, c.critic, policy_path, "critic")
         reward_cls = ray.remote(num_cpus=0)(RewardWorker)
         self.reward_workers = [
-            reward_cls.remote(c.reward.source, c.reward.alpha, c.reward.step_grained)
-            for _ in range(c.reward.num_workers)
+            reward_cls.remote(c.reward, reward_env(c.reward)) for _ in range(c.reward.num_workers)
         ]
         budget = EpisodeBudget(
             c.rollout.max_turns, c.rollout.max_response_tokens, c.rollout.max_tokens_per_turn
@@ -178,12 +174,23 @@ class Controller:
         out: list[Trajectory] = [None] * len(trajs)  # type: ignore[list-item]
         for i, part in enumerate(parts):
             out[i::n] = part
+        self.reward_metrics = merge_metrics(ray.get([w.pop_metrics.remote() for w in self.reward_workers]))
         return out
 
     def advantages(self, batch: Batch, data: dict[str, torch.Tensor]) -> dict[str, float]:
         """Log-probs, reference KL, values and advantages for a collated batch (in place on ``data``)."""
-        metrics, extra = self.logprobs(batch, data)
+        with self.timer("actor_forward"):
+            data["old_logprobs"] = self.actor.gather_rows("compute_logprobs", data)
         mask = batch.action_mask
+        metrics: dict[str, float] = {}
+        extra = None
+        if self.ref is not None:
+            with self.timer("ref_forward"):
+                data["ref_logprobs"] = self.ref.gather_rows("compute_logprobs", data)
+            kl = kl_penalty(data["old_logprobs"], data["ref_logprobs"], self.cfg.algorithm.kl_kind)
+            metrics["kl"] = float(masked_mean(kl, mask))
+            if self.cfg.algorithm.kl_in == "reward":
+                extra = apply_kl_in_reward(torch.zeros_like(kl), kl, self.kl_ctl.value, mask)
         values = None
         if self.critic is not None:
             with self.timer("critic_forward"):
@@ -201,24 +208,6 @@ class Controller:
         if values is not None:
             metrics["value_mean"] = float(masked_mean(values, out.value_mask))
         return metrics
-
-    def logprobs(
-        self, batch: Batch, data: dict[str, torch.Tensor]
-    ) -> tuple[dict[str, float], torch.Tensor | None]:
-        """Actor (and reference) log-probs into ``data``; returns the KL metric and the KL token rewards
-        (``-coef * kl`` on action tokens when ``algorithm.kl_in == "reward"``, else None)."""
-        with self.timer("actor_forward"):
-            data["old_logprobs"] = self.actor.gather_rows("compute_logprobs", data)
-        metrics: dict[str, float] = {}
-        extra = None
-        if self.ref is not None:
-            with self.timer("ref_forward"):
-                data["ref_logprobs"] = self.ref.gather_rows("compute_logprobs", data)
-            kl = kl_penalty(data["old_logprobs"], data["ref_logprobs"], self.cfg.algorithm.kl_kind)
-            metrics["kl"] = float(masked_mean(kl, batch.action_mask))
-            if self.cfg.algorithm.kl_in == "reward":
-                extra = apply_kl_in_reward(torch.zeros_like(kl), kl, self.kl_ctl.value, batch.action_mask)
-        return metrics, extra
 
     def sync_weights(self) -> float:
         t0 = time.time()
@@ -265,6 +254,9 @@ class Controller:
             seed=self.cfg.trainer.seed * 100003 + it * 977,
         )
         times["time/rollout"] = time.time() - t0
+        reward_metrics = self.reward_metrics
+        if self.cfg.trainer.save_rollouts:  # the scored batch, token-exact, as an offline dataset
+            write_trajectories_parquet(trajs, self.run_dir / "rollouts" / f"iter_{it:05d}.parquet")
         batch = collate(trajs, self.pad_id)
         if self.reward_normalizer is not None:  # running statistics over all step rewards seen so far
             self.reward_normalizer.update(batch.step_rewards[batch.step_mask])
@@ -293,6 +285,7 @@ class Controller:
             **episode_metrics(trajs, prefix="train/"),
             **metrics,
             **times,
+            **reward_metrics,
             "kl_coef": self.kl_ctl.value,
             "rollout/tokens_per_second": gen / max(rstats["rollout/seconds"], 1e-9),
         }
@@ -306,8 +299,6 @@ class Controller:
         self.tokenizer.save_pretrained(tmp / "actor")
         if self.critic is not None:
             self.critic.call_all("save_hf", str(tmp / "critic"))
-        for name, group in self.extra_groups.items():
-            group.call_all("save_hf", str(tmp / name))
         (tmp / "trainer_state.json").write_text(
             json.dumps(
                 {
@@ -325,7 +316,7 @@ class Controller:
         return final
 
     def shutdown(self) -> None:
-        for g in (self.actor, self.ref, self.critic, *self.extra_groups.values()):
+        for g in (self.actor, self.ref, self.critic):
             if g is not None:
                 g.shutdown()
         for w in self.rollout_workers + self.reward_workers:

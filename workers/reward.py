@@ -1,73 +1,49 @@
-"""RewardWorker: SuccCalling / Contribution / IsSolved per step, shaped into step rewards.
+"""RewardWorker: a Ray actor scoring batches with the configured reward sources.
 
-The ``rule`` source reads what the environment recorded (did each call run) and asks the task's
-suite for Contribution and IsSolved. Further sources (judge, PRM, annotation files) register in
-``REWARD_SOURCES`` with the same signature.
+Each worker builds the sources of ``reward`` once (a judge client, a PRM, an annotation file) and
+scores the slice of a batch the controller gives it; ``reward.num_workers`` actors share a batch.
+What the sources are and how components combine: ``steprl.reward_sources`` and docs/rewards.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
-from steprl.algorithms.rewards import shape_step_rewards
+from steprl.config import RewardConfig
 from steprl.protocol import Trajectory
-from tools_env.suite import Task, get_suite
+from steprl.reward_sources import (
+    REWARD_SOURCES,
+    RewardPipeline,
+    merge_metrics,
+    register_reward_source,
+    reward_env,
+)
+from tools_env.suite import Task
 
-RewardSource = Callable[[Trajectory, Task], tuple[list[float], list[float], float | None]]
-REWARD_SOURCES: dict[str, RewardSource] = {}
-
-
-def register_reward_source(name: str) -> Callable[[RewardSource], RewardSource]:
-    def wrap(fn: RewardSource) -> RewardSource:
-        REWARD_SOURCES[name] = fn
-        return fn
-
-    return wrap
-
-
-@register_reward_source("rule")
-def rule_source(traj: Trajectory, task: Task) -> tuple[list[float], list[float], float | None]:
-    """(SuccCalling, Contribution) of each tool step and IsSolved (None if no answer was given)."""
-    suite = get_suite(task.suite)
-    tool_steps = [s for s in traj.steps if not s.is_final]
-    succ = [s.succ_calling for s in tool_steps]
-    contrib = suite.contributions(task, [s.info for s in tool_steps], traj.final_answer)
-    answered = bool(traj.steps) and traj.steps[-1].is_final
-    solved = (
-        suite.final_answer_correct(task, traj.final_answer, traj.meta.get("final_state") or {})
-        if answered
-        else None
-    )
-    return succ, contrib, solved
-
-
-def score_trajectory(
-    traj: Trajectory, task: Task, source: str, alpha: float, step_grained: bool
-) -> Trajectory:
-    succ, contrib, solved = REWARD_SOURCES[source](traj, task)
-    rewards = shape_step_rewards(succ, contrib, solved, alpha, step_grained=step_grained)
-    tool_steps = [s for s in traj.steps if not s.is_final]
-    for step, c in zip(tool_steps, contrib, strict=True):
-        step.contribution = float(c)
-    for step, r in zip(traj.steps, rewards, strict=True):
-        step.reward = float(r)
-    traj.is_solved = float(solved or 0.0)
-    traj.meta["reward_source"] = source
-    return traj
+__all__ = [
+    "REWARD_SOURCES",
+    "RewardWorker",
+    "merge_metrics",
+    "register_reward_source",
+    "reward_env",
+    "score_trajectory",
+]
 
 
 class RewardWorker:
-    def __init__(self, source: str, alpha: float, step_grained: bool) -> None:
-        if source not in REWARD_SOURCES:
-            raise KeyError(f"unknown reward source {source!r}; known: {sorted(REWARD_SOURCES)}")
-        self.source, self.alpha, self.step_grained = source, alpha, step_grained
+    def __init__(self, cfg: RewardConfig, env: dict[str, str] | None = None) -> None:
+        """``env``: the variables the sources read (judge URL, model, key), captured on the driver."""
+        self.pipeline = RewardPipeline(cfg, env)
 
     def score(self, trajs: list[Trajectory], tasks: list[dict[str, Any]]) -> list[Trajectory]:
-        return [
-            score_trajectory(t, Task.from_dict(d), self.source, self.alpha, self.step_grained)
-            for t, d in zip(trajs, tasks, strict=True)
-        ]
+        return self.pipeline.score(trajs, [Task.from_dict(d) for d in tasks])
+
+    def pop_metrics(self) -> dict[str, float]:
+        return self.pipeline.pop_metrics()
+
+    def ready(self) -> bool:
+        return True
 
     def peak_memory_mb(self) -> dict[str, float]:
         """Peak resident memory of this worker's process (ru_maxrss; KiB on Linux)."""
@@ -77,3 +53,17 @@ class RewardWorker:
         scale = 1 / 1024 if sys.platform == "darwin" else 1  # ru_maxrss: bytes on macOS, KiB on Linux
         kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
         return {"peak_mb": kib / 1024}
+
+
+@lru_cache(maxsize=8)
+def _pipeline(source: str, alpha: float, step_grained: bool) -> RewardPipeline:
+    cfg = RewardConfig(source=source, alpha=alpha, step_grained=step_grained)
+    return RewardPipeline(cfg, reward_env(cfg))
+
+
+def score_trajectory(
+    traj: Trajectory, task: Task, source: str = "rule", alpha: float = 1.0, step_grained: bool = True
+) -> Trajectory:
+    """Score one trajectory in this process with one source for every component (default settings
+    of that source, endpoint and key from the environment); in place, and returned."""
+    return _pipeline(source, alpha, step_grained).score([traj], [task])[0]
