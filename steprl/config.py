@@ -137,6 +137,53 @@ class SFTConfig:
 
 
 @dataclass
+class ARPOConfig:
+    """ARPO: entropy-based branching after tool calls (group budget M = rollout.group_size)."""
+
+    initial_rollouts: int = 4  # N: trajectories per prompt that start from the prompt
+    alpha: float = 0.5  # branch probability p = clip(alpha + beta * dH, 0, 1) (paper's defaults)
+    beta: float = 0.2
+    beam_size: int = 2  # at most beam_size - 1 branches per source per tool call
+    entropy_window: int = 20  # tokens after a tool result whose entropy is measured
+    attribution: str = "soft"  # soft (plain GRPO over shared prefixes) | hard (shared tokens: mean advantage)
+    format_penalty: float = -1.0
+    tool_bonus: float = 0.1  # paid when >= bonus_min_tools distinct tools were used
+    bonus_min_tools: int = 2
+    bonus_requires_correct: bool = True  # the paper pays the bonus only with a correct answer
+
+
+@dataclass
+class ArcherConfig:
+    """ArCHer: utterance-level off-policy critic (double Q + V, target nets) + token-level policy."""
+
+    gamma: float = 0.95  # per-step discount of the TD targets (ArCHer's default)
+    tau: float = 0.1  # Polyak rate of the target networks (ArCHer's default)
+    buffer_size: int = 512  # replay buffer capacity in trajectories (each holds all its steps)
+    batch_size: int = 16  # trajectories per critic update
+    critic_updates: int = 4  # critic gradient steps per iteration
+    actor_warmup: int = 1  # first iterations train only the critic
+    critic_path: str = ""  # an ArCHer critic checkpoint to start from (empty: the policy's backbone)
+
+
+@dataclass
+class CodeToolConfig:
+    """CodeTool: on-the-spot (code ran) + latent (PRM potential) step rewards; best-of-n step search."""
+
+    tree_tasks: int = 16  # training tasks explored to build sibling pairs for the PRM
+    tree_depth: int = 2  # D: steps expanded from the prompt
+    tree_width: int = 2  # n: candidate steps sampled per node
+    completions: int = 1  # rollouts to the end from every leaf (success labels)
+    potential: str = "soft"  # soft: fraction of successful rollouts below a node | hard: any success
+    prm_path: str = ""  # a trained PRM to use (empty: build pairs and train one in setup)
+    prm_epochs: int = 2
+    prm_lr: float = 1e-4
+    prm_batch_size: int = 8
+    search_candidates: int = 4  # inference: candidate steps sampled per step
+    search_depth: int = 6  # inference: steps followed at most
+    eval_search: bool = True  # evaluate before/after training with the search as well
+
+
+@dataclass
 class TrainerConfig:
     method: str = "ppo"  # registry name in steprl.methods: what one iteration does
     total_iterations: int = 12
@@ -169,6 +216,9 @@ class StepRLConfig:
     ref: WorkerConfig = field(default_factory=lambda: WorkerConfig(world_size=1))
     optim: OptimConfig = field(default_factory=OptimConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    arpo: ARPOConfig = field(default_factory=ARPOConfig)
+    archer: ArcherConfig = field(default_factory=ArcherConfig)
+    codetool: CodeToolConfig = field(default_factory=CodeToolConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -319,6 +369,32 @@ def validate(cfg: Any) -> StepRLConfig:
         get_method(c.trainer.method)
     except KeyError as e:
         raise ConfigError(f"config error: {str(e).strip(chr(34) + chr(39))}") from e
+    _check(c.arpo.initial_rollouts >= 1, "arpo.initial_rollouts", "must be >= 1")
+    _check(c.arpo.beam_size >= 1, "arpo.beam_size", "must be >= 1")
+    _check(c.arpo.entropy_window >= 1, "arpo.entropy_window", "must be >= 1")
+    _check(c.arpo.attribution in ("soft", "hard"), "arpo.attribution", "must be soft or hard")
+    _check(0.0 <= c.archer.gamma <= 1.0, "archer.gamma", f"must be in [0, 1], got {c.archer.gamma}")
+    _check(0.0 < c.archer.tau <= 1.0, "archer.tau", f"must be in (0, 1], got {c.archer.tau}")
+    _check(c.archer.buffer_size >= c.archer.batch_size >= 1, "archer", "needs buffer_size >= batch_size >= 1")
+    _check(
+        c.archer.critic_updates >= 1 and c.archer.actor_warmup >= 0,
+        "archer",
+        "critic_updates >= 1, actor_warmup >= 0",
+    )
+    ct = c.codetool
+    _check(
+        ct.tree_depth >= 1 and ct.tree_width >= 2,
+        "codetool",
+        "needs tree_depth >= 1 and tree_width >= 2 (siblings)",
+    )
+    _check(ct.completions >= 1 and ct.tree_tasks >= 1, "codetool", "completions and tree_tasks must be >= 1")
+    _check(ct.potential in ("soft", "hard"), "codetool.potential", "must be soft or hard")
+    _check(
+        ct.search_candidates >= 1 and ct.search_depth >= 1, "codetool", "search_candidates/depth must be >= 1"
+    )
+    _check(
+        ct.prm_epochs >= 1 and ct.prm_lr > 0 and ct.prm_batch_size >= 1, "codetool.prm_*", "must be positive"
+    )
     _check(c.trainer.total_iterations >= 0, "trainer.total_iterations", "must be >= 0")
     _check(c.trainer.tasks_per_iteration >= 1, "trainer.tasks_per_iteration", "must be >= 1")
     _check(

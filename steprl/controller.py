@@ -76,6 +76,10 @@ class Controller:
         self.reward_workers: list[Any] = []
         self.reward_metrics: dict[str, float] = {}  # of the last scored batch (reward workers' counters)
         self.pad_id = 0
+        # worker groups a method starts itself (e.g. ArCHer's critic): saved (save_hf) into every
+        # checkpoint under their name, and shut down with the rest
+        self.extra_groups: dict[str, WorkerGroup] = {}
+        self.policy_path = model_path  # what the rollout/ref/critic workers started from (after SFT)
 
     # ---- setup -------------------------------------------------------------------------------
     def _group(self, cls: type, wcfg: Any, path: str, name: str) -> WorkerGroup:
@@ -104,6 +108,7 @@ class Controller:
     def start_rest(self, policy_path: str) -> None:
         """Reference, critic, reward and rollout workers, all starting from the (SFT) policy."""
         c = self.cfg
+        self.policy_path = policy_path
         if c.algorithm.kl_coef > 0:
             self.ref = self._group(RefWorker, c.ref, policy_path, "ref")
         if c.algorithm.use_critic:
@@ -179,18 +184,8 @@ class Controller:
 
     def advantages(self, batch: Batch, data: dict[str, torch.Tensor]) -> dict[str, float]:
         """Log-probs, reference KL, values and advantages for a collated batch (in place on ``data``)."""
-        with self.timer("actor_forward"):
-            data["old_logprobs"] = self.actor.gather_rows("compute_logprobs", data)
+        metrics, extra = self.logprobs(batch, data)
         mask = batch.action_mask
-        metrics: dict[str, float] = {}
-        extra = None
-        if self.ref is not None:
-            with self.timer("ref_forward"):
-                data["ref_logprobs"] = self.ref.gather_rows("compute_logprobs", data)
-            kl = kl_penalty(data["old_logprobs"], data["ref_logprobs"], self.cfg.algorithm.kl_kind)
-            metrics["kl"] = float(masked_mean(kl, mask))
-            if self.cfg.algorithm.kl_in == "reward":
-                extra = apply_kl_in_reward(torch.zeros_like(kl), kl, self.kl_ctl.value, mask)
         values = None
         if self.critic is not None:
             with self.timer("critic_forward"):
@@ -208,6 +203,24 @@ class Controller:
         if values is not None:
             metrics["value_mean"] = float(masked_mean(values, out.value_mask))
         return metrics
+
+    def logprobs(
+        self, batch: Batch, data: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, float], torch.Tensor | None]:
+        """Actor (and reference) log-probs into ``data``; returns the KL metric and the KL token rewards
+        (``-coef * kl`` on action tokens when ``algorithm.kl_in == "reward"``, else None)."""
+        with self.timer("actor_forward"):
+            data["old_logprobs"] = self.actor.gather_rows("compute_logprobs", data)
+        metrics: dict[str, float] = {}
+        extra = None
+        if self.ref is not None:
+            with self.timer("ref_forward"):
+                data["ref_logprobs"] = self.ref.gather_rows("compute_logprobs", data)
+            kl = kl_penalty(data["old_logprobs"], data["ref_logprobs"], self.cfg.algorithm.kl_kind)
+            metrics["kl"] = float(masked_mean(kl, batch.action_mask))
+            if self.cfg.algorithm.kl_in == "reward":
+                extra = apply_kl_in_reward(torch.zeros_like(kl), kl, self.kl_ctl.value, batch.action_mask)
+        return metrics, extra
 
     def sync_weights(self) -> float:
         t0 = time.time()
@@ -299,6 +312,8 @@ class Controller:
         self.tokenizer.save_pretrained(tmp / "actor")
         if self.critic is not None:
             self.critic.call_all("save_hf", str(tmp / "critic"))
+        for name, group in self.extra_groups.items():
+            group.call_all("save_hf", str(tmp / name))
         (tmp / "trainer_state.json").write_text(
             json.dumps(
                 {
@@ -316,7 +331,7 @@ class Controller:
         return final
 
     def shutdown(self) -> None:
-        for g in (self.actor, self.ref, self.critic):
+        for g in (self.actor, self.ref, self.critic, *self.extra_groups.values()):
             if g is not None:
                 g.shutdown()
         for w in self.rollout_workers + self.reward_workers:
