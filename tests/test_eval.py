@@ -387,3 +387,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         assert eval_main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, (argv, err)
+
+
+def test_a_run_directory_means_its_final_actor_and_results_go_under_the_run(tmp_path):
+    from steprl.eval import default_output, resolve_checkpoint
+    from steprl.evaluation.runner import EvalSpec
+
+    actor = tmp_path / "run" / "checkpoints" / "final" / "actor"
+    actor.mkdir(parents=True)
+    (actor / "config.json").write_text("{}")
+    path = resolve_checkpoint(str(tmp_path / "run"))
+    assert path == str(actor.resolve())
+    spec = EvalSpec(
+        model_path=path, model=str(tmp_path / "run"), suite="atlas", split="test", decoder="dfsdt"
+    )
+    assert default_output(spec) == tmp_path / "run" / "eval" / "final-atlas-test-dfsdt.json"
