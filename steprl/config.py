@@ -29,6 +29,12 @@ class DataConfig:
     train_tasks: int = 2000
     test_tasks: int = 64
     seed: int = 0
+    # where a recipe's training data comes from: "suite" (the suite's tasks and demonstrations) or a
+    # published StepTool file at data.path: steptool_sft_json (SFT cold start), steptool_rft_json
+    # (rft's offline first round), steptool_eto_csv (eto's offline first round)
+    format: str = "suite"
+    path: str = ""
+    on_error: str = "skip"  # skip (count malformed records) | raise
 
 
 @dataclass
@@ -134,6 +140,40 @@ class SFTConfig:
     epochs: int = 1
     batch_size: int = 8  # many small steps: the tiny model needs optimizer steps more than tokens
     lr: float = 1e-3
+    loss_on: str = "all"  # all assistant turns | last (only the last turn, as the ToolBench/StepTool files)
+    max_length: int = 1024  # file instances longer than this (tokens) are dropped and counted
+
+
+@dataclass
+class RFTConfig:
+    """Rejection-sampling fine-tuning: SFT on the policy's own solved rollouts."""
+
+    epochs: int = 1  # passes over each iteration's kept rollouts (and over the file in the offline round)
+    batch_size: int = 8
+    lr: float = 2e-4
+    dedupe: bool = True  # keep one copy of identical solved responses to the same task
+
+
+@dataclass
+class ETOConfig:
+    """DPO on step-level preference pairs (ETO)."""
+
+    beta: float = 0.1  # DPO paper's default; also the StepTool ETO baseline script's value
+    lr: float = 1e-4  # the StepTool ETO baseline script's learning rate
+    pair_by: str = "step_reward"  # step_reward (r_k of the diverging step) | return (sum of r_t, t >= k)
+    batch_size: int = 32  # pairs per DPO update call (each runs algorithm.ppo_epochs x num_mini_batches)
+    max_length: int = 1024  # prompt + response tokens per side
+    max_prompt_length: int = 768  # a longer prompt keeps its last tokens when the pair does not fit
+
+
+@dataclass
+class TRICEConfig:
+    """TRICE stage 2: RRHF ranking of k candidates by execution feedback, plus SFT on the best."""
+
+    alpha: float = 100.0  # weight of the ranking term; rrhf_weight default of TRICE's stage-2 script
+    lr: float = 1e-4
+    length_penalty: float = 1.0  # p_i = sum log pi / |y_i| ** length_penalty
+    tie_break_weight: float = 0.1  # score = IsSolved + w * mean tool-step reward (w < 0.5)
 
 
 @dataclass
@@ -216,11 +256,17 @@ class StepRLConfig:
     ref: WorkerConfig = field(default_factory=lambda: WorkerConfig(world_size=1))
     optim: OptimConfig = field(default_factory=OptimConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    rft: RFTConfig = field(default_factory=RFTConfig)
+    eto: ETOConfig = field(default_factory=ETOConfig)
+    trice: TRICEConfig = field(default_factory=TRICEConfig)
     arpo: ARPOConfig = field(default_factory=ARPOConfig)
     archer: ArcherConfig = field(default_factory=ArcherConfig)
     codetool: CodeToolConfig = field(default_factory=CodeToolConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+
+
+DATA_FORMATS = ("suite", "steptool_sft_json", "steptool_rft_json", "steptool_eto_csv")
 
 
 def register_configs() -> None:
@@ -366,9 +412,38 @@ def validate(cfg: Any) -> StepRLConfig:
     from steprl.methods import get_method
 
     try:
-        get_method(c.trainer.method)
+        method = get_method(c.trainer.method)
     except KeyError as e:
         raise ConfigError(f"config error: {str(e).strip(chr(34) + chr(39))}") from e
+    _check(
+        c.data.format in DATA_FORMATS, "data.format", f"must be one of {DATA_FORMATS}, got {c.data.format!r}"
+    )
+    _check(c.data.on_error in ("skip", "raise"), "data.on_error", "must be skip or raise")
+    if c.data.format != "suite":
+        from pathlib import Path
+
+        _check(bool(c.data.path), "data.path", f"must name the file for data.format={c.data.format}")
+        _check(Path(c.data.path).expanduser().is_file(), "data.path", f"{c.data.path} is not a file")
+    _check(c.sft.loss_on in ("all", "last"), "sft.loss_on", f"must be all or last, got {c.sft.loss_on!r}")
+    _check(c.sft.max_length >= 2, "sft.max_length", "must be >= 2")
+    _check(c.rft.epochs >= 1 and c.rft.batch_size >= 1, "rft", "epochs and batch_size must be >= 1")
+    _check(c.rft.lr > 0 and c.eto.lr > 0 and c.trice.lr > 0, "rft/eto/trice.lr", "must be > 0")
+    _check(c.eto.beta > 0, "eto.beta", f"must be > 0, got {c.eto.beta}")
+    _check(c.eto.pair_by in ("step_reward", "return"), "eto.pair_by", "must be step_reward or return")
+    _check(c.eto.batch_size >= 1, "eto.batch_size", "must be >= 1")
+    _check(
+        0 < c.eto.max_prompt_length < c.eto.max_length,
+        "eto.max_prompt_length",
+        f"must be in (0, eto.max_length={c.eto.max_length}), got {c.eto.max_prompt_length}",
+    )
+    _check(c.trice.alpha >= 0, "trice.alpha", "must be >= 0")
+    _check(
+        0 <= c.trice.tie_break_weight < 0.5,
+        "trice.tie_break_weight",
+        "must be in [0, 0.5) (IsSolved decides)",
+    )
+    problem = method.check_config(c)
+    _check(problem is None, f"trainer.method={c.trainer.method}:", problem or "")
     _check(c.arpo.initial_rollouts >= 1, "arpo.initial_rollouts", "must be >= 1")
     _check(c.arpo.beam_size >= 1, "arpo.beam_size", "must be >= 1")
     _check(c.arpo.entropy_window >= 1, "arpo.entropy_window", "must be >= 1")

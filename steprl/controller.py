@@ -76,6 +76,7 @@ class Controller:
         self.reward_workers: list[Any] = []
         self.reward_metrics: dict[str, float] = {}  # of the last scored batch (reward workers' counters)
         self.pad_id = 0
+        self.sft_data: list[Trajectory] = []  # the SFT cold-start set, when there was one
         # worker groups a method starts itself (e.g. ArCHer's critic): saved (save_hf) into every
         # checkpoint under their name, and shut down with the rest
         self.extra_groups: dict[str, WorkerGroup] = {}
@@ -98,18 +99,19 @@ class Controller:
             seed=c.trainer.seed,
         )
 
-    def start_actor(self) -> None:
+    def start_actor(self, actor_cls: type | None = None) -> None:
+        """The actor group; a method may bring its own ActorWorker subclass (e.g. with a DPO step)."""
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.actor = self._group(ActorWorker, self.cfg.actor, self.model_path, "actor")
+        self.actor = self._group(actor_cls or ActorWorker, self.cfg.actor, self.model_path, "actor")
 
-    def start_rest(self, policy_path: str) -> None:
+    def start_rest(self, policy_path: str, need_ref: bool = False) -> None:
         """Reference, critic, reward and rollout workers, all starting from the (SFT) policy."""
         c = self.cfg
         self.policy_path = policy_path
-        if c.algorithm.kl_coef > 0:
+        if c.algorithm.kl_coef > 0 or need_ref:
             self.ref = self._group(RefWorker, c.ref, policy_path, "ref")
         if c.algorithm.use_critic:
             self.critic = self._group(CriticWorker, c.critic, policy_path, "critic")

@@ -116,31 +116,24 @@ def init_ray(cfg) -> None:
 
 
 def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, Any]:
-    from steprl.chat import ChatEncoder
     from steprl.controller import Controller, curve_keys
     from steprl.logger import plot_curves
     from steprl.methods import get_method
     from steprl.progress import memory_summary, timing_summary
-    from steprl.sft import demonstration_trajectories, run_sft
+    from steprl.sft import run_sft, sft_data
 
     ctl = Controller(cfg, model_path, run_dir)
     p = ctl.progress
     summary: dict[str, Any] = {"recipe": cfg.recipe, "model": model_path, "run_dir": str(run_dir)}
     try:
+        method = get_method(cfg.trainer.method)
         p.stage(f"starting actor ({cfg.actor.world_size} FSDP2 ranks)")
-        ctl.start_actor()
+        ctl.start_actor(method.actor_class())
         policy_path = model_path
         if cfg.sft.enabled and cfg.sft.epochs > 0:
-            encoder = ChatEncoder(
-                ctl.tokenizer, [t.schema() for t in ctl.suite.tools()], ctl.suite.system_prompt
-            )
-            demo_tasks = ctl.suite.tasks("train", cfg.sft.num_demos, cfg.data.seed + 1)
-            demos = demonstration_trajectories(
-                ctl.suite, demo_tasks, encoder, cfg.sft.suboptimal_share, cfg.trainer.seed
-            )
-            p.stage(
-                f"SFT cold start on {len(demos)} demonstrations ({cfg.sft.suboptimal_share:.0%} with a suboptimal step)"
-            )
+            demos, what = sft_data(cfg, ctl.suite, ctl.tokenizer)
+            ctl.sft_data = demos
+            p.stage(f"SFT cold start on {what}, loss on {cfg.sft.loss_on} assistant turns")
 
             def on_step(step: int, total: int, m: dict[str, float]) -> None:
                 p.bar(step, total, f"nll {m['sft/nll']:.3f}")
@@ -158,11 +151,11 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
                 cfg.sft.lr,
                 cfg.trainer.seed,
                 on_step,
+                loss_on=cfg.sft.loss_on,
             )
             policy_path = str(ctl.save_checkpoint("sft") / "actor")
         p.stage(f"starting rollout ({cfg.rollout.engine}), reward, reference and critic workers")
-        ctl.start_rest(policy_path)
-        method = get_method(cfg.trainer.method)
+        ctl.start_rest(policy_path, need_ref=method.needs_ref)
         method.setup(ctl)
         p.stage(f"evaluating the starting policy on {len(ctl.test_tasks)} held-out tasks")
         start_eval = ctl.evaluate("start", seed=cfg.trainer.seed)
@@ -181,7 +174,11 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
             p.iteration(it, total, metrics)
             if cfg.trainer.save_every and it % cfg.trainer.save_every == 0 and it < total:
                 ctl.save_checkpoint(f"iter_{it:05d}")
-        end_eval = ctl.evaluate("final", seed=cfg.trainer.seed)
+        end_eval = (  # no iteration: the policy did not change since the first evaluation
+            ctl.evaluate("final", seed=cfg.trainer.seed)
+            if total > 0
+            else {k.replace("eval/start/", "eval/final/"): v for k, v in start_eval.items()}
+        )
         ctl.logger.log(total, {**end_eval, "eval/pass_rate": end_eval["eval/final/pass_rate"]})
         ckpt = ctl.save_checkpoint("final")
         plot = plot_curves(ctl.logger.history, run_dir / "curves.png", curve_keys(), f"steprl {cfg.recipe}")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from steprl.config import StepRLConfig
     from steprl.controller import Controller
 
 
@@ -20,6 +21,19 @@ class Method:
     """One training method. Subclasses override :meth:`iteration` (and :meth:`setup` if needed)."""
 
     name = "base"
+    needs_ref = False  # start the reference worker even when algorithm.kl_coef == 0 (e.g. DPO)
+    # data.format values this method accepts ("steptool_sft_json" feeds the shared SFT cold start)
+    data_formats: tuple[str, ...] = ("suite", "steptool_sft_json")
+
+    def actor_class(self) -> type | None:
+        """The actor worker class, if the method needs more than ``workers.fsdp.ActorWorker``."""
+        return None
+
+    def check_config(self, cfg: StepRLConfig) -> str | None:
+        """A one-line problem with ``cfg`` for this method, or None (called by ``config.validate``)."""
+        if cfg.data.format not in self.data_formats:
+            return f"data.format={cfg.data.format} is not used by this method (accepted: {self.data_formats})"
+        return None
 
     def setup(self, ctl: Controller) -> None:
         """Called once after the shared workers started (e.g. build extra workers or datasets)."""
@@ -48,5 +62,5 @@ def get_method(name: str) -> Method:
 
 
 def _load_builtin() -> None:
-    from steprl.methods import ppo  # noqa: F401  (registers itself)
-    from steprl.methods import archer, arpo  # noqa: F401  (ARPO, ArCHer, CodeTool: recipes part B)
+    # each registers itself (ARPO, ArCHer, CodeTool: recipes part B; SFT, RFT, ETO, TRICE: part A)
+    from steprl.methods import archer, arpo, eto, ppo, rft, sft, trice  # noqa: F401

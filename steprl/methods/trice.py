@@ -1,0 +1,79 @@
+"""TRICE: behaviour cloning, then RRHF-style ranking with execution feedback.
+
+Stage 1 is the shared SFT cold start (``sft.*``; LoRA via ``model.lora_rank``). Stage 2, each
+iteration: k = ``rollout.group_size`` candidates per question from the current policy, each scored
+by executing its tool calls (the rule reward worker): ``score = IsSolved + w * mean tool-step reward``
+(``w = trice.tie_break_weight`` < 0.5, so IsSolved decides and the step rewards only break ties), then
+
+    p_i = sum log pi(y_i) / |y_i|**length_penalty      (action tokens only)
+    L   = alpha * sum_{score_i < score_j} max(0, p_i - p_j) + NLL(best candidate)
+
+and a weight sync.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import torch
+
+from steprl.algorithms.preference import candidate_scores
+from steprl.methods import Method, register_method
+
+if TYPE_CHECKING:
+    from steprl.config import StepRLConfig
+    from steprl.controller import Controller
+
+
+@register_method("trice")
+class TRICE(Method):
+    def actor_class(self) -> type:
+        from workers.preference import PreferenceActorWorker
+
+        return PreferenceActorWorker
+
+    def check_config(self, cfg: StepRLConfig) -> str | None:
+        if cfg.rollout.group_size < 2:
+            return "rollout.group_size must be >= 2 (k candidates per question are ranked)"
+        return super().check_config(cfg)
+
+    def iteration(self, ctl: Controller, it: int) -> dict[str, float]:
+        from steprl.controller import episode_metrics
+        from workers.preference import pack_groups
+
+        c, k = ctl.cfg, ctl.cfg.rollout.group_size
+        t0 = time.time()
+        trajs, rstats = ctl.generate(
+            ctl.next_tasks(), k, c.rollout.temperature, seed=c.trainer.seed * 100003 + it * 977
+        )  # task-major: candidates of one question are consecutive
+        t_rollout = time.time() - t0
+        scores = candidate_scores(
+            [t.is_solved for t in trajs],
+            [[s.reward for s in t.steps if not s.is_final] for t in trajs],
+            c.trice.tie_break_weight,
+        )
+        groups = [
+            [
+                (t.prompt_ids + t.response_ids, [0] * len(t.prompt_ids) + t.action_mask)
+                for t in trajs[i : i + k]
+            ]
+            for i in range(0, len(trajs), k)
+        ]
+        data = pack_groups(groups, ctl.pad_id)
+        data["scores"] = torch.tensor(scores, dtype=torch.float32).view(len(groups), k)
+        t = c.trice
+        metrics = ctl.actor.mean_metrics(
+            "rank_step", data, alpha=t.alpha, lr=t.lr, length_penalty=t.length_penalty
+        )
+        spread = data["scores"].max(-1).values - data["scores"].min(-1).values
+        return {
+            **episode_metrics(trajs, prefix="train/"),
+            **metrics,
+            "trice/groups_with_ranking": float((spread > 0).float().mean()),
+            "rollout/tokens_per_second": rstats["rollout/generated_tokens"]
+            / max(rstats["rollout/seconds"], 1e-9),
+            "time/rollout": t_rollout,
+            "time/sync": ctl.sync_weights(),
+            "time/iteration": time.time() - t0,
+        }
