@@ -1,7 +1,7 @@
 """Smoke runs of the sft, rft, eto and trice recipes on the embedded model and tasks (transformers
 engine, one actor rank, tiny sizes), on one shared local Ray cluster. The sft run goes through the
-CLI (``python -m steprl.main recipe=sft``, joining the cluster); rft starts from its checkpoint; the
-others call ``steprl.main.train`` in-process, as ``main`` does after its checks. The published-format
+CLI (``python -m steprl.main recipe=sft``, joining the cluster); rft and eto start from its checkpoint;
+the others call ``steprl.main.train`` in-process, as ``main`` does after its checks. The published-format
 inputs are small fixtures written here in those formats."""
 
 from __future__ import annotations
@@ -108,25 +108,36 @@ def cluster(ray_cluster, tiny_model_path):
     return ray.get_runtime_context().gcs_address
 
 
-def test_sft_on_the_published_format_then_rft_from_its_checkpoint(cluster, tmp_path):
-    sft_dir = tmp_path / "sft"
+@pytest.fixture(scope="module")
+def sft_run(cluster, tmp_path_factory) -> Path:
+    """``python -m steprl.main recipe=sft`` on a published-format SFT file (last-turn loss), joining the
+    module's cluster; the other recipes start from its checkpoint."""
+    tmp = tmp_path_factory.mktemp("sft")
+    run_dir = tmp / "run"
     proc = subprocess.run(
         [
             sys.executable, "-m", "steprl.main", "recipe=sft", *TINY, f"ray.address={cluster}",
-            "data.format=steptool_sft_json", f"data.path={_write_json(tmp_path / 'sft.json', 'function')}",
-            "sft.loss_on=last", "sft.epochs=2", "trainer.total_iterations=1", f"trainer.run_dir={sft_dir}",
+            "data.format=steptool_sft_json", f"data.path={_write_json(tmp / 'sft.json', 'function')}",
+            "sft.loss_on=last", "sft.epochs=2", "trainer.total_iterations=1", f"trainer.run_dir={run_dir}",
         ],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "SFT cold start on 3 instances" in proc.stdout and "loss on last" in proc.stdout
-    summary = json.loads((sft_dir / "summary.json").read_text())
-    assert summary["status"] == "completed"
-    sft_rows = [r for r in _rows(sft_dir) if "sft/step" in r]
-    assert len(sft_rows) == 2 and all(r["sft/nll"] > 0 for r in sft_rows)  # 2 epochs x 1 batch
-    assert _iterations(sft_dir)[1]["sft/steps"] == 1.0  # the one SFT-epoch iteration
-    start = _final_actor(sft_dir)
+    return run_dir
 
+
+def test_sft_on_the_published_format(sft_run):
+    summary = json.loads((sft_run / "summary.json").read_text())
+    assert summary["status"] == "completed" and 0.0 <= summary["pass_rate_after_rl"] <= 1.0
+    sft_rows = [r for r in _rows(sft_run) if "sft/step" in r]
+    assert len(sft_rows) == 2 and all(r["sft/nll"] > 0 for r in sft_rows)  # 2 epochs x 1 batch
+    assert _iterations(sft_run)[1]["sft/steps"] == 1.0  # the one SFT-epoch iteration
+    _final_actor(sft_run)
+
+
+def test_rft_from_the_sft_checkpoint(sft_run, tmp_path):
+    start = _final_actor(sft_run)
     rft_dir = tmp_path / "rft"
     summary = _run(
         [
@@ -144,16 +155,17 @@ def test_sft_on_the_published_format_then_rft_from_its_checkpoint(cluster, tmp_p
     _final_actor(rft_dir)
 
 
-def test_eto_offline_pairs_then_rollout_pairs(cluster, tmp_path):
+def test_eto_from_the_sft_checkpoint_offline_pairs_then_rollout_pairs(sft_run, tmp_path):
+    start = _final_actor(sft_run)
     run_dir = tmp_path / "eto"
     summary = _run(
         [
-            "recipe=eto", *TINY, "trainer.total_iterations=2", "data.format=steptool_eto_csv",
-            f"data.path={_write_eto_csv(tmp_path / 'dpo.csv')}",
+            "recipe=eto", *TINY, f"model.path={start}", "sft.enabled=false", "trainer.total_iterations=2",
+            "data.format=steptool_eto_csv", f"data.path={_write_eto_csv(tmp_path / 'dpo.csv')}",
         ],
         run_dir,
     )  # fmt: skip
-    assert summary["status"] == "completed"
+    assert summary["status"] == "completed" and summary["model"] == str(start)
     its = _iterations(run_dir)
     assert its[1]["eto/pairs"] == 3.0 and its[1]["eto/dropped_pairs"] == 0.0
     # the reference is the starting policy: before the first update the loss is log 2 (one step here)
