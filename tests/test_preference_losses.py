@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import socket
 from pathlib import Path
 
@@ -412,6 +413,18 @@ def test_dpo_step_through_the_actor(actor, tokenizer):
     for _ in range(4):
         last = actor.dpo_step(data, beta=0.1, lr=1e-3)
     assert last["actor/dpo_loss"] < first["actor/dpo_loss"] and last["actor/reward_accuracy"] == 1.0
+    # the second of two data-parallel shards: one real pair and one padding row (all masks off), as
+    # shard_rows hands it to rank 1; the padding row must not change the loss (nor make it NaN)
+    from steprl.modeling import shard_rows
+
+    three = _pair_data([prompts[0]] * 3, [chosen[0]] * 3, [rejected[0]] * 3)
+    three["ref_logps"] = ref[:1].repeat(3, 1)
+    shard = shard_rows(three, 2)[1]
+    assert shard["group_mask"].tolist() == [True, False]
+    one = {k: v[:1] for k, v in shard.items()}
+    a = actor.dpo_step(shard, beta=0.1, lr=1e-12)["actor/dpo_loss"]
+    b = actor.dpo_step(one, beta=0.1, lr=1e-12)["actor/dpo_loss"]
+    assert math.isfinite(a) and a == pytest.approx(b, rel=1e-4)
     # a pair whose rejected side was truncated to nothing is refused, not trained on
     bad = _pair_data([prompts[0]], [chosen[0]], [[]])
     bad["ref_logps"] = torch.zeros(1, 2)
@@ -441,3 +454,33 @@ def test_rank_step_through_the_actor_orders_candidates(actor, tokenizer):
     for _ in range(4):
         last = actor.rank_step(data, alpha=1.0, lr=1e-3)
     assert last["actor/misordered_pairs"] == 0.0 and last["actor/trice_loss"] < first["actor/trice_loss"]
+
+
+PUBLISHED = Path(
+    os.environ.get(
+        "STEPTOOL_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "steptool"
+    )
+)
+
+
+@pytest.mark.skipif(not (PUBLISHED / "data_train").is_dir(), reason="published StepTool example files absent")
+def test_published_example_files_encode(tokenizer):
+    """Conformance: the published SFT / RFT JSON and ETO pairs encode token in / token out (read in place)."""
+    from steprl.methods.eto import file_pairs, fit_pairs
+    from steprl.sft import file_conversations
+
+    d = PUBLISHED / "data_train"
+    for fmt, rel in [
+        ("steptool_sft_json", "qwen2/gpt4_dfs_G123_for_sft_example.json"),
+        ("steptool_rft_json", "rft/rft_data_example.json"),
+    ]:
+        convs = file_conversations(fmt, str(d / rel), "raise")
+        trajs, dropped = conversation_trajectories(convs, tokenizer, 1 << 20)
+        assert dropped == 0 and len(trajs) == len(convs) > 0
+        for t in trajs:
+            t.validate()
+            assert t.steps[-1].is_final and "Action" in t.steps[-1].text  # each instance ends on a ReAct turn
+    pairs = file_pairs(str(d / "eto" / "dpo_data_example.csv"), "raise", tokenizer)
+    assert len(pairs) > 0 and all(p.chosen_ids != p.rejected_ids for p in pairs)
+    kept, dropped = fit_pairs(pairs, 1024, 768)  # the embedded model's context: prompts keep their end
+    assert len(kept) + dropped == len(pairs) and all(len(p) + len(c) <= 1024 for p, c, _ in kept)

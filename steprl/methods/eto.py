@@ -40,6 +40,8 @@ def file_pairs(path: str, on_error: str, tokenizer) -> list[StepPair]:
         t = encode_conversation(
             tokenizer, [m.to_dict() for m in rec.prompt_messages], f"line{rec.source_line}"
         )
+        if t.steps and t.steps[-1].is_final:  # no tool/user message after the last assistant turn
+            raise ValueError(f"{path}:{rec.source_line}: the prompt's last message is an assistant turn")
         out.append(
             StepPair(
                 task_id=t.task_id,
