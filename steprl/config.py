@@ -235,12 +235,15 @@ class TrainerConfig:
     logger: list[str] = field(default_factory=lambda: ["console", "jsonl", "tensorboard"])
     progress: bool = True
     save_rollouts: bool = False  # write every scored rollout batch to <run_dir>/rollouts/iter_XXXXX.parquet
+    resume: str = "never"  # never | auto (newest complete checkpoint of run_dir) | <checkpoint dir>
+    max_worker_restarts: int = 3  # per rollout/reward worker and tool server; then the run stops
 
 
 @dataclass
 class RayConfig:
     address: str | None = None  # None: RAY_ADDRESS if set, else start a local cluster
     num_cpus: int | None = None  # logical CPUs of a local cluster
+    placement: str = "none"  # none (Ray decides) | colocate (one placement group, PACK) | spread (SPREAD)
 
 
 @dataclass
@@ -404,6 +407,11 @@ def validate(cfg: Any) -> StepRLConfig:
         "rollout.tool_server",
         f"must be inprocess, local or an http(s) URL, got {ts!r}",
     )
+    _check(
+        c.ray.placement in ("none", "colocate", "spread"),
+        "ray.placement",
+        f"must be none, colocate or spread, got {c.ray.placement!r}",
+    )
     for name in ("actor", "critic", "ref"):
         w: WorkerConfig = getattr(c, name)
         _check(w.world_size >= 1, f"{name}.world_size", "must be >= 1")
@@ -472,6 +480,8 @@ def validate(cfg: Any) -> StepRLConfig:
     )
     _check(c.trainer.total_iterations >= 0, "trainer.total_iterations", "must be >= 0")
     _check(c.trainer.tasks_per_iteration >= 1, "trainer.tasks_per_iteration", "must be >= 1")
+    _check(bool(c.trainer.resume), "trainer.resume", "must be never, auto or a checkpoint directory")
+    _check(c.trainer.max_worker_restarts >= 0, "trainer.max_worker_restarts", "must be >= 0")
     _check(
         c.data.train_tasks >= c.trainer.tasks_per_iteration,
         "data.train_tasks",

@@ -22,15 +22,25 @@ from steprl.algorithms.advantages import AdvantageConfig, compute_advantages
 from steprl.algorithms.kl import AdaptiveKLController, FixedKLController, apply_kl_in_reward
 from steprl.algorithms.losses import kl_penalty, masked_mean, masked_whiten
 from steprl.algorithms.rewards import RunningRewardNormalizer
+from steprl.checkpoint import (
+    FORMAT_VERSION,
+    STATE_FILE,
+    CheckpointError,
+    python_rng_from_json,
+    python_rng_to_json,
+    read_state,
+    write_checkpoint,
+)
 from steprl.config import StepRLConfig
 from steprl.data.parquet_io import write_trajectories_parquet
 from steprl.episode import EpisodeBudget
+from steprl.fault import LocalToolServer, WorkerPool, merge_by_id, split
 from steprl.logger import MetricsLogger
 from steprl.progress import Progress, StageTimer, with_overhead
 from steprl.protocol import Batch, Trajectory, collate
 from tools_env.suite import Task, get_suite
 from workers.fsdp import ActorWorker, CriticWorker, RefWorker
-from workers.group import WorkerGroup
+from workers.group import Placement, WorkerGroup, node_ids, run_bundles
 from workers.reward import RewardWorker, merge_metrics, reward_env
 from workers.rollout import RolloutWorker
 
@@ -65,16 +75,19 @@ class Controller:
             else None
         )
         self.actor = self.ref = self.critic = None
+        # colocate / spread over nodes; reward workers (no CPU of their own) share the rollout bundles
+        self.placement = Placement(cfg.ray.placement, run_bundles(cfg), share={"reward": "rollout"})
         self.tool_server = None
         self.tool_server_url = cfg.rollout.tool_server
         if cfg.rollout.tool_server == "local":  # a FastAPI tool server in its own process, on loopback
-            from tools_env.server import serve
-
-            self.tool_server = serve(host="127.0.0.1", port=0, background="process")
+            self.tool_server = LocalToolServer(cfg.trainer.max_worker_restarts)  # restarted if it dies
             self.tool_server_url = self.tool_server.url
         self.rollout_workers: list[Any] = []
         self.reward_workers: list[Any] = []
         self.reward_metrics: dict[str, float] = {}  # of the last scored batch (reward workers' counters)
+        self.rollout_pool: WorkerPool | None = None  # rollout / reward workers, re-created if they fail
+        self.reward_pool: WorkerPool | None = None
+        self.weights_synced = False
         self.pad_id = 0
         self.sft_data: list[Trajectory] = []  # the SFT cold-start set, when there was one
         # worker groups a method starts itself (e.g. ArCHer's critic): saved (save_hf) into every
@@ -91,6 +104,7 @@ class Controller:
             wcfg.num_cpus,
             wcfg.num_gpus,
             name,
+            placement=self.placement,
             model_path=path,
             model_cfg=c.model,
             worker_cfg=wcfg,
@@ -116,9 +130,15 @@ class Controller:
         if c.algorithm.use_critic:
             self.critic = self._group(CriticWorker, c.critic, policy_path, "critic")
         reward_cls = ray.remote(num_cpus=0)(RewardWorker)
-        self.reward_workers = [
-            reward_cls.remote(c.reward, reward_env(c.reward)) for _ in range(c.reward.num_workers)
-        ]
+        self.reward_pool = WorkerPool(
+            "reward",
+            lambda slot: reward_cls.options(**self.placement.options("reward", slot)).remote(
+                c.reward, reward_env(c.reward)
+            ),
+            c.reward.num_workers,
+            c.trainer.max_worker_restarts,
+        )
+        self.reward_workers = self.reward_pool.workers  # the same list: replaced workers show up here
         budget = EpisodeBudget(
             c.rollout.max_turns, c.rollout.max_response_tokens, c.rollout.max_tokens_per_turn
         )
@@ -128,8 +148,9 @@ class Controller:
                 max_model_len=c.rollout.max_model_len, gpu_memory_utilization=c.rollout.gpu_memory_utilization
             )
         rollout_cls = ray.remote(num_cpus=c.rollout.num_cpus)(RolloutWorker)
-        self.rollout_workers = [
-            rollout_cls.remote(
+
+        def new_rollout_worker(slot: int) -> Any:
+            return rollout_cls.options(**self.placement.options("rollout", slot)).remote(
                 policy_path,
                 c.rollout.engine,
                 engine_kwargs,
@@ -138,8 +159,21 @@ class Controller:
                 [c.data.suite],
                 budget,
             )
-            for _ in range(c.rollout.num_workers)
-        ]
+
+        def prepare_rollout_worker(worker: Any) -> None:  # a replacement gets the current policy
+            ray.get(worker.ready.remote())
+            if self.weights_synced:
+                ray.get(worker.load_weights.remote(str(self.sync_dir)))
+
+        self.rollout_pool = WorkerPool(
+            "rollout",
+            new_rollout_worker,
+            c.rollout.num_workers,
+            c.trainer.max_worker_restarts,
+            prepare=prepare_rollout_worker,
+            tool_server=self.tool_server,
+        )
+        self.rollout_workers = self.rollout_pool.workers  # the same list: replaced workers show up here
         startup = ray.get([w.ready.remote() for w in self.rollout_workers])
         self.logger.log(0, {"setup/engine_startup_seconds": max(startup)})
 
@@ -147,40 +181,45 @@ class Controller:
     def generate(
         self, tasks: list[Task], group_size: int, temperature: float, seed: int
     ) -> tuple[list[Trajectory], dict]:
-        """Episodes for every task ``group_size`` times, spread over the rollout workers."""
-        expanded = [t for t in tasks for _ in range(group_size)]
-        groups = [t.task_id for t in expanded]
-        n = len(self.rollout_workers)
-        chunks = [list(range(i, len(expanded), n)) for i in range(n)]
-        futures = [
-            w.rollout.remote(
-                [expanded[j].to_dict() for j in idx], temperature, seed + 1000 * i, [groups[j] for j in idx]
+        """Episodes for every task ``group_size`` times, spread over the rollout workers.
+
+        Episode ``(task index, sample index)`` lands in a chunk fixed in advance and seeded by it; a
+        chunk whose worker fails runs again on a fresh one (``steprl.fault``); results merge by id.
+        """
+        ids = [(ti, si) for ti in range(len(tasks)) for si in range(group_size)]
+        chunks = split(ids, len(self.rollout_pool))
+
+        def submit(worker: Any, i: int, chunk: list[tuple[int, int]]) -> Any:
+            return worker.rollout.remote(
+                [tasks[ti].to_dict() for ti, _ in chunk],
+                temperature,
+                seed + 1000 * i,
+                [tasks[ti].task_id for ti, _ in chunk],
             )
-            for i, (w, idx) in enumerate(zip(self.rollout_workers, chunks, strict=True))
-        ]
-        results = ray.get(futures)
-        trajs: list[Trajectory | None] = [None] * len(expanded)
-        stats: dict[str, float] = {"rollout/generated_tokens": 0, "rollout/seconds": 0.0}
-        for idx, (part, st) in zip(chunks, results, strict=True):
-            for j, t in zip(idx, part, strict=True):
-                trajs[j] = t
-            stats["rollout/generated_tokens"] += st["rollout/generated_tokens"]
-            stats["rollout/seconds"] = max(stats["rollout/seconds"], st["rollout/seconds"])
+
+        results = self.rollout_pool.run(chunks, submit)
+        by_id = merge_by_id(chunks, [part for part, _ in results])
+        trajs = [by_id[k] for k in ids]
+        for (ti, si), traj in zip(ids, trajs, strict=True):
+            traj.meta["episode_id"] = [ti, si]
+        stats: dict[str, float] = {
+            "rollout/generated_tokens": sum(st["rollout/generated_tokens"] for _, st in results),
+            "rollout/seconds": max((st["rollout/seconds"] for _, st in results), default=0.0),
+        }
         with self.timer("reward"):
-            scored = self.score([t for t in trajs if t is not None], expanded)
+            scored = self.score(trajs, [tasks[ti] for ti, _ in ids])
         return scored, stats
 
     def score(self, trajs: list[Trajectory], tasks: list[Task]) -> list[Trajectory]:
-        n = len(self.reward_workers)
-        parts = ray.get(
-            [
-                w.score.remote(trajs[i::n], [t.to_dict() for t in tasks[i::n]])
-                for i, w in enumerate(self.reward_workers)
-            ]
-        )
-        out: list[Trajectory] = [None] * len(trajs)  # type: ignore[list-item]
-        for i, part in enumerate(parts):
-            out[i::n] = part
+        """Rewards for every trajectory, spread over the reward workers (re-run if one fails)."""
+        ids = list(range(len(trajs)))
+        chunks = split(ids, len(self.reward_pool))
+
+        def submit(worker: Any, _i: int, chunk: list[int]) -> Any:
+            return worker.score.remote([trajs[j] for j in chunk], [tasks[j].to_dict() for j in chunk])
+
+        by_id = merge_by_id(chunks, self.reward_pool.run(chunks, submit))
+        out = [by_id[j] for j in ids]
         self.reward_metrics = merge_metrics(ray.get([w.pop_metrics.remote() for w in self.reward_workers]))
         return out
 
@@ -227,8 +266,32 @@ class Controller:
     def sync_weights(self) -> float:
         t0 = time.time()
         self.actor.call_all("save_hf", str(self.sync_dir))
+        self.weights_synced = True  # from now on a re-created rollout worker loads these weights too
         ray.get([w.load_weights.remote(str(self.sync_dir)) for w in self.rollout_workers])
         return time.time() - t0
+
+    def fault_metrics(self) -> dict[str, float]:
+        """Restarts so far (cumulative over the run) of rollout / reward workers and the tool server."""
+        out = {
+            "fault/rollout_restarts": float(sum(self.rollout_pool.restarts)) if self.rollout_pool else 0.0,
+            "fault/reward_restarts": float(sum(self.reward_pool.restarts)) if self.reward_pool else 0.0,
+        }
+        if isinstance(self.tool_server, LocalToolServer):
+            out["fault/tool_server_restarts"] = float(self.tool_server.epoch)
+        return out
+
+    def placement_report(self) -> dict[str, Any]:
+        """The Ray node id of the driver and of every worker, by role (recorded in summary.json)."""
+        groups = {"actor": self.actor, "ref": self.ref, "critic": self.critic, **self.extra_groups}
+        handles = {k: g.workers for k, g in groups.items() if g is not None}
+        handles.update(rollout=self.rollout_workers, reward=self.reward_workers)
+        nodes = {k: node_ids(hs) for k, hs in handles.items()}
+        return {
+            "strategy": self.cfg.ray.placement,
+            "driver": ray.get_runtime_context().get_node_id(),
+            "workers": nodes,
+            "num_nodes": len({n for ns in nodes.values() for n in ns}),
+        }
 
     def next_tasks(self) -> list[Task]:
         k = self.cfg.trainer.tasks_per_iteration
@@ -301,36 +364,69 @@ class Controller:
             **metrics,
             **times,
             **reward_metrics,
+            **self.fault_metrics(),
             "kl_coef": self.kl_ctl.value,
             "rollout/tokens_per_second": gen / max(rstats["rollout/seconds"], 1e-9),
         }
 
-    def save_checkpoint(self, tag: str) -> Path:
-        """A complete checkpoint directory, written under a temporary name and renamed when whole."""
-        final = self.run_dir / "checkpoints" / tag
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.actor.call_all("save_hf", str(tmp / "actor"))
-        self.tokenizer.save_pretrained(tmp / "actor")
-        if self.critic is not None:
-            self.critic.call_all("save_hf", str(tmp / "critic"))
-        for name, group in self.extra_groups.items():
-            group.call_all("save_hf", str(tmp / name))
-        (tmp / "trainer_state.json").write_text(
-            json.dumps(
-                {
-                    "tag": tag,
-                    "cursor": self.cursor,
-                    "kl": self.kl_ctl.state_dict(),
-                    "reward_normalizer": self.reward_normalizer.state_dict()
-                    if self.reward_normalizer
-                    else None,
-                }
-            )
-        )
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        return final
+    def save_checkpoint(self, tag: str, iteration: int = 0) -> Path:
+        """Everything an exact resume needs, written atomically (layout and protocol:
+        ``steprl.checkpoint``). The ``sft`` checkpoint also marks the SFT cold start as done."""
+        if tag == "sft":
+            self.sft_done = True
+
+        def fill(tmp: Path) -> None:
+            self.actor.call_all("save_hf", str(tmp / "actor"))
+            self.tokenizer.save_pretrained(tmp / "actor")
+            self.actor.call_all("save_state", str(tmp / "actor_state"))
+            if self.critic is not None:
+                self.critic.call_all("save_hf", str(tmp / "critic"))
+                self.critic.call_all("save_state", str(tmp / "critic_state"))
+            for name, group in self.extra_groups.items():
+                group.call_all("save_hf", str(tmp / name))
+            state = {"tag": tag, "iteration": iteration, **self.state_dict()}
+            (tmp / STATE_FILE).write_text(json.dumps(state))
+            torch.save({"torch": torch.get_rng_state()}, tmp / "controller_rng.pt")
+
+        meta = {"tag": tag, "iteration": iteration}
+        return write_checkpoint(self.run_dir / "checkpoints" / tag, fill, meta)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The controller's own state: data cursor and task order, RNG, KL coefficient, reward stats."""
+        return {
+            "format": FORMAT_VERSION,
+            "cursor": self.cursor,
+            "task_order": [t.task_id for t in self.train_tasks],
+            "python_rng": python_rng_to_json(self.rng.getstate()),
+            "kl": self.kl_ctl.state_dict(),
+            "reward_normalizer": self.reward_normalizer.state_dict() if self.reward_normalizer else None,
+            "sft_done": getattr(self, "sft_done", False),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        by_id = {t.task_id: t for t in self.train_tasks}
+        if sorted(by_id) != sorted(state["task_order"]):
+            raise CheckpointError("checkpoint's training tasks differ from this config's (data.* changed?)")
+        self.train_tasks = [by_id[i] for i in state["task_order"]]
+        self.cursor = int(state["cursor"])
+        self.rng.setstate(python_rng_from_json(state["python_rng"]))
+        self.kl_ctl.load_state_dict(state["kl"])
+        if self.reward_normalizer is not None and state.get("reward_normalizer"):
+            self.reward_normalizer.load_state_dict(state["reward_normalizer"])
+        self.sft_done = bool(state.get("sft_done", False))
+
+    def restore(self, ckpt: Path) -> dict[str, Any]:
+        """Continue from ``ckpt`` once the workers run: actor/critic model + optimizer + RNG states,
+        the controller's state, and the rollout engines' weights. Returns the trainer state."""
+        state = read_state(ckpt)
+        self.actor.call_all("load_state", str(ckpt / "actor_state"))
+        if self.critic is not None and (ckpt / "critic_state").is_dir():
+            self.critic.call_all("load_state", str(ckpt / "critic_state"))
+        self.load_state_dict(state)
+        torch.set_rng_state(torch.load(ckpt / "controller_rng.pt")["torch"])
+        if state["iteration"] > 0 and self.rollout_workers:  # engines started from the SFT policy
+            self.sync_weights()
+        return state
 
     def shutdown(self) -> None:
         for g in (self.actor, self.ref, self.critic, *self.extra_groups.values()):
@@ -340,6 +436,7 @@ class Controller:
             ray.kill(w)
         if self.tool_server is not None:
             self.tool_server.stop()
+        self.placement.remove()
         self.logger.close()
         shutil.rmtree(self.sync_dir, ignore_errors=True)
 
@@ -357,6 +454,10 @@ def episode_metrics(trajs: list[Trajectory], prefix: str) -> dict[str, float]:
         f"{prefix}steps": sum(t.num_steps for t in trajs) / n,
         f"{prefix}tool_success": sum(s.succ_calling for s in tool_steps) / max(1, len(tool_steps)),
         f"{prefix}response_tokens": sum(len(t.response_ids) for t in trajs) / n,
+        # cut by a budget (max_tokens / max_turns): kept in the batch, bootstrapped from V(last state)
+        f"{prefix}truncated": sum(t.truncated for t in trajs) / n,
+        f"{prefix}truncated_count": float(sum(t.truncated for t in trajs)),
+        f"{prefix}episodes": float(len(trajs)),
     }
     for reason in sorted({t.end_reason for t in trajs}):
         out[f"{prefix}end/{reason}"] = sum(t.end_reason == reason for t in trajs) / n

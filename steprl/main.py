@@ -14,6 +14,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from steprl.checkpoint import CheckpointError, resolve_resume, run_completed
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPES_DIR = Path(os.environ.get("STEPRL_RECIPES", REPO / "recipes"))
 CONFIGS_DIR = Path(os.environ.get("STEPRL_CONFIGS", REPO / "configs"))
@@ -92,8 +94,14 @@ def make_run_dir(cfg) -> Path:
         if cfg.trainer.run_dir
         else REPO / "runs" / f"{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(f"run directory {run_dir} already exists and is not empty")
+    if run_dir.exists() and any(run_dir.iterdir()) and cfg.trainer.resume == "never":
+        raise UserError(
+            f"run directory {run_dir} already exists and is not empty (trainer.resume=auto continues it)"
+        )
+    try:
+        resolve_resume(cfg.trainer.resume, run_dir)
+    except CheckpointError as e:
+        raise UserError(str(e)) from e
     return run_dir
 
 
@@ -116,21 +124,27 @@ def init_ray(cfg) -> None:
 
 
 def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, Any]:
+    from steprl.checkpoint import ResumePoint
     from steprl.controller import Controller, curve_keys
     from steprl.logger import plot_curves
     from steprl.methods import get_method
     from steprl.progress import memory_summary, timing_summary
     from steprl.sft import run_sft, sft_data
 
+    resume = ResumePoint.find(cfg.trainer.resume, run_dir)  # metrics cut back to its iteration
     ctl = Controller(cfg, model_path, run_dir)
+    if resume is not None:
+        ctl.logger.history = list(resume.history)
     p = ctl.progress
     summary: dict[str, Any] = {"recipe": cfg.recipe, "model": model_path, "run_dir": str(run_dir)}
     try:
         method = get_method(cfg.trainer.method)
         p.stage(f"starting actor ({cfg.actor.world_size} FSDP2 ranks)")
         ctl.start_actor(method.actor_class())
-        policy_path = model_path
-        if cfg.sft.enabled and cfg.sft.epochs > 0:
+        policy_path = model_path if resume is None else resume.start_policy(model_path)
+        if cfg.sft.enabled and cfg.sft.epochs > 0 and resume is not None:  # trained before the checkpoint
+            ctl.sft_data, _ = sft_data(cfg, ctl.suite, ctl.tokenizer)
+        elif cfg.sft.enabled and cfg.sft.epochs > 0:
             demos, what = sft_data(cfg, ctl.suite, ctl.tokenizer)
             ctl.sft_data = demos
             p.stage(f"SFT cold start on {what}, loss on {cfg.sft.loss_on} assistant turns")
@@ -157,15 +171,22 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
         p.stage(f"starting rollout ({cfg.rollout.engine}), reward, reference and critic workers")
         ctl.start_rest(policy_path, need_ref=method.needs_ref)
         method.setup(ctl)
-        p.stage(f"evaluating the starting policy on {len(ctl.test_tasks)} held-out tasks")
-        start_eval = ctl.evaluate("start", seed=cfg.trainer.seed)
-        ctl.logger.log(0, {**start_eval, "eval/pass_rate": start_eval["eval/start/pass_rate"]})
+        summary["placement"] = ctl.placement_report()
+        start_it = 0
+        if resume is not None:
+            p.stage(f"resuming from {resume.path} (iteration {resume.iteration})")
+            start_it = int(ctl.restore(resume.path)["iteration"])
+        start_eval = resume.start_eval() if resume is not None else {}
+        if not start_eval:
+            p.stage(f"evaluating the starting policy on {len(ctl.test_tasks)} held-out tasks")
+            start_eval = ctl.evaluate("start", seed=cfg.trainer.seed)
+            ctl.logger.log(0, {**start_eval, "eval/pass_rate": start_eval["eval/start/pass_rate"]})
         p.stage(f"held-out pass rate before RL: {start_eval['eval/start/pass_rate']:.3f}")
         total = cfg.trainer.total_iterations
         p.stage(
             f"RL: {total} iterations x {cfg.trainer.tasks_per_iteration} tasks x {cfg.rollout.group_size} samples"
         )
-        for it in range(1, total + 1):
+        for it in range(start_it + 1, total + 1):
             metrics = method.iteration(ctl, it)
             if cfg.trainer.eval_every and it % cfg.trainer.eval_every == 0 and it < total:
                 ev = ctl.evaluate("mid", seed=cfg.trainer.seed)
@@ -173,14 +194,14 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
             ctl.logger.log(it, metrics)
             p.iteration(it, total, metrics)
             if cfg.trainer.save_every and it % cfg.trainer.save_every == 0 and it < total:
-                ctl.save_checkpoint(f"iter_{it:05d}")
+                ctl.save_checkpoint(f"iter_{it:05d}", iteration=it)
         end_eval = (  # no iteration: the policy did not change since the first evaluation
             ctl.evaluate("final", seed=cfg.trainer.seed)
             if total > 0
             else {k.replace("eval/start/", "eval/final/"): v for k, v in start_eval.items()}
         )
         ctl.logger.log(total, {**end_eval, "eval/pass_rate": end_eval["eval/final/pass_rate"]})
-        ckpt = ctl.save_checkpoint("final")
+        ckpt = ctl.save_checkpoint("final", iteration=total)
         plot = plot_curves(ctl.logger.history, run_dir / "curves.png", curve_keys(), f"steprl {cfg.recipe}")
         summary.update(
             status="completed",
@@ -219,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyError as e:
             raise UserError(str(e).strip("'\"")) from e
         run_dir = make_run_dir(cfg)
+        if run_completed(cfg.trainer.resume, run_dir, cfg.trainer.total_iterations):
+            print(f"steprl: {run_dir} already completed its {cfg.trainer.total_iterations} iterations")
+            return 0
     except UserError as e:
         print(f"steprl: {e}", file=sys.stderr)
         return 2

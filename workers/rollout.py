@@ -64,6 +64,12 @@ class RolloutWorker:
     def ready(self) -> float:
         return self.startup_seconds
 
+    def pid(self) -> int:
+        """This worker's process id (logs; fault-injection tests kill it)."""
+        import os
+
+        return os.getpid()
+
     def rollout(
         self,
         tasks: list[dict[str, Any]],

@@ -1,0 +1,208 @@
+"""Checkpoints are whole or ignored, and a run killed with SIGKILL resumes exactly where it was.
+
+The slow test trains run A for 4 iterations uninterrupted, and run B with the same seed that is
+SIGKILLed once its iteration-2 checkpoint exists, then resumed with ``trainer.resume=auto``.
+Iterations 3 and 4 of B must equal A's: same rewards, losses, KL, gradient norms, advantages. On CPU
+with the transformers engine (seeded per call from (seed, iteration, turn)) and one FSDP rank, the
+computation is deterministic, so the tolerance is 1e-6 absolute (float32 round-off would show as
+much larger differences; a lost optimizer state or a wrong data cursor changes them at 1e-2 and up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from steprl.checkpoint import (
+    COMPLETE,
+    CheckpointError,
+    ResumePoint,
+    latest_checkpoint,
+    list_checkpoints,
+    resolve_resume,
+    truncate_metrics,
+    write_checkpoint,
+)
+
+# ---- fast: the write protocol and the loader ------------------------------------------------------
+
+
+def _fake_checkpoint(run_dir: Path, tag: str, iteration: int, complete: bool = True) -> Path:
+    def fill(tmp: Path) -> None:
+        (tmp / "trainer_state.json").write_text(json.dumps({"tag": tag, "iteration": iteration}))
+        (tmp / "weights.bin").write_bytes(b"x" * 100)
+
+    path = write_checkpoint(run_dir / "checkpoints" / tag, fill)
+    if not complete:  # what a file system without atomic rename could leave: content, no marker
+        (path / COMPLETE).unlink()
+    return path
+
+
+def test_checkpoint_without_complete_marker_is_skipped(tmp_path):
+    _fake_checkpoint(tmp_path, "sft", 0)
+    _fake_checkpoint(tmp_path, "iter_00001", 1)
+    partial = _fake_checkpoint(tmp_path, "iter_00002", 2, complete=False)
+    (tmp_path / "checkpoints" / "iter_00003.tmp").mkdir()  # killed while being filled
+    assert [it for it, _ in list_checkpoints(tmp_path)] == [0, 1]
+    assert latest_checkpoint(tmp_path).name == "iter_00001"
+    assert resolve_resume("auto", tmp_path).name == "iter_00001"
+    assert resolve_resume("never", tmp_path) is None
+    with pytest.raises(CheckpointError, match="COMPLETE"):
+        resolve_resume(str(partial), tmp_path)
+    with pytest.raises(CheckpointError, match="no such"):
+        resolve_resume(str(tmp_path / "nowhere"), tmp_path)
+
+
+def test_write_is_atomic_and_replaces_only_when_whole(tmp_path):
+    target = tmp_path / "checkpoints" / "final"
+    _fake_checkpoint(tmp_path, "final", 4)
+
+    def broken(tmp: Path) -> None:
+        (tmp / "trainer_state.json").write_text(json.dumps({"tag": "final", "iteration": 5}))
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_checkpoint(target, broken)
+    assert (target.parent / "final.tmp").is_dir()  # the torn write is left aside, never loaded
+    assert latest_checkpoint(tmp_path) == target  # the old one is intact and still the newest
+    assert json.loads((target / "trainer_state.json").read_text())["iteration"] == 4
+    assert (target / COMPLETE).is_file() and json.loads((target / COMPLETE).read_text())["written_at"] > 0
+    _fake_checkpoint(tmp_path, "final", 6)  # a whole rewrite replaces it
+    assert json.loads((target / "trainer_state.json").read_text())["iteration"] == 6
+    assert sorted(p.name for p in target.parent.iterdir()) == ["final"]
+
+
+def test_metrics_are_cut_back_to_the_checkpoint(tmp_path):
+    rows = [{"step": 0, "sft/nll": 3.0}, {"step": 0, "eval/start/pass_rate": 0.25}]
+    rows += [{"step": i, "train/reward": float(i)} for i in (1, 2, 3)]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "train/rew')  # torn line
+    _fake_checkpoint(tmp_path, "iter_00002", 2)
+    point = ResumePoint.find("auto", tmp_path)
+    assert point.iteration == 2 and not point.finished
+    assert [r["step"] for r in point.history] == [0, 0, 1, 2]
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0, 0, 1, 2]
+    assert point.start_eval() == {"eval/start/pass_rate": 0.25}
+    assert point.start_policy("base-model") == "base-model"  # no SFT checkpoint beside it
+    assert truncate_metrics(tmp_path / "absent.jsonl", 3) == []
+
+
+# ---- slow: SIGKILL and resume, against an uninterrupted run --------------------------------------
+
+TINY = [
+    "rollout.engine=hf",
+    "actor.world_size=1",
+    "critic.world_size=1",
+    "trainer.total_iterations=4",
+    "trainer.tasks_per_iteration=2",
+    "rollout.group_size=2",
+    "data.train_tasks=4",  # 2 iterations per pass: iteration 3 reshuffles with the restored RNG
+    "data.test_tasks=2",
+    "sft.num_demos=16",
+    "sft.batch_size=8",
+    "trainer.save_every=1",
+    "trainer.logger=[jsonl]",
+    "trainer.seed=3",
+    "algorithm.kl_in=reward",  # per-token KL rewards: non-zero advantages and critic targets from step 1
+    "algorithm.kl_coef=0.05",
+    "ray.num_cpus=6",
+]
+
+
+def _volatile(key: str) -> bool:
+    """Wall-clock and memory measurements: they differ between any two runs."""
+    return key.startswith(("time/", "setup/", "memory/")) or key.endswith(("seconds", "per_second"))
+
+
+def _cmd(run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "steprl.main", *TINY, f"trainer.run_dir={run_dir}", *extra]
+
+
+def _iterations(run_dir: Path) -> dict[int, dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    iters = [r for r in rows if "train/reward" in r]
+    steps = [r["step"] for r in iters]
+    assert len(steps) == len(set(steps)), f"duplicate iterations in metrics.jsonl: {steps}"
+    return {r["step"]: {k: v for k, v in r.items() if not _volatile(k)} for r in iters}
+
+
+def _kill_when(proc: subprocess.Popen, marker: Path, log: Path, timeout: float) -> None:
+    """SIGKILL ``proc`` (the driver only: its Ray workers die with it) once ``marker`` exists."""
+    end = time.time() + timeout
+    while not marker.exists():
+        assert proc.poll() is None, f"run ended before {marker} existed:\n{log.read_text()[-3000:]}"
+        assert time.time() < end, f"no {marker} after {timeout}s"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _start(cmd: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_matches_an_uninterrupted_run(tmp_path):
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
+    # A (uninterrupted) and the first leg of B run side by side: they share nothing but the CPUs
+    a, b = _start(_cmd(a_dir), a_log), _start(_cmd(b_dir), b_log)
+    try:
+        _kill_when(b, b_dir / "checkpoints" / "iter_00002" / COMPLETE, b_log, timeout=600)
+        assert a.wait(timeout=600) == 0, a_log.read_text()[-3000:]
+    finally:
+        for proc in (a, b):  # only if an assertion left them running: the whole process group
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert "SFT cold start" in b_log.read_text()
+    # a newer checkpoint whose write was cut short (no COMPLETE) must be ignored by the resume
+    fake = b_dir / "checkpoints" / "iter_00003"
+    fake.mkdir(exist_ok=True)
+    (fake / "trainer_state.json").write_text(json.dumps({"tag": "iter_00003", "iteration": 3}))
+
+    again = subprocess.run(_cmd(b_dir, "trainer.resume=auto"), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "iter_00002 (iteration 2)" in again.stdout
+    assert "SFT cold start" not in again.stdout  # done before the checkpoint: not repeated
+    assert "evaluating the starting policy" not in again.stdout
+
+    run_a, run_b = _iterations(a_dir), _iterations(b_dir)
+    assert sorted(run_a) == sorted(run_b) == [1, 2, 3, 4]
+    for it in (3, 4):
+        assert run_a[it].keys() == run_b[it].keys()
+        for key, value in run_a[it].items():
+            assert run_b[it][key] == pytest.approx(value, abs=1e-6), (it, key)
+        # non-trivial numbers: the actor, the critic and both optimizers moved
+        for key in ("kl", "actor/grad_norm", "critic/vf_loss", "critic/grad_norm", "advantage_abs_mean"):
+            assert abs(run_a[it][key]) > 1e-6, (it, key)
+    summary = json.loads((b_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    before_a = json.loads((a_dir / "summary.json").read_text())["pass_rate_before_rl"]
+    assert summary["pass_rate_before_rl"] == before_a
+    assert (b_dir / "checkpoints" / "iter_00003" / COMPLETE).is_file()  # the fake was replaced
+    assert (b_dir / "checkpoints" / "final" / "actor_state").is_dir()
+
+    # resuming a completed run is a no-op that starts nothing
+    done = subprocess.run(_cmd(b_dir, "trainer.resume=auto"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "already completed" in done.stdout, done.stdout[-2000:]
+    assert sorted(_iterations(b_dir)) == [1, 2, 3, 4]
+
+
+def test_nonempty_run_dir_needs_resume(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("")
+    proc = subprocess.run(
+        [sys.executable, "-m", "steprl.main", f"trainer.run_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "trainer.resume=auto" in proc.stderr
