@@ -24,7 +24,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Tool-call markers are ordinary (non-special) added tokens: they survive decoding, so the parser sees them.
 TOOL_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
 TEMPLATE_PATH = Path(__file__).with_name("chat_template.jinja")
-BUILD_VERSION = 3
+BUILD_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,9 @@ class TinyModelSpec:
     seed: int = 0
     pretrain_steps: int = 600
     pretrain_lr: float = 1e-3
-    pretrain_batch: int = 32
+    pretrain_batch: int = 32  # synthetic copy rows per step
+    pretrain_chat_batch: int = 16  # tool-use chats over shuffled worlds per step (0: none)
+    pretrain_chats: int = 4000
 
 
 def default_cache_dir() -> Path:
@@ -135,52 +137,109 @@ def build_model(spec: TinyModelSpec, vocab_size: int, eos_id: int, pad_id: int):
 
 
 def _pretrain_batch(
-    gen: torch.Generator, batch: int, low: int, high: int, entities: torch.Tensor
+    gen: torch.Generator, batch: int, filler: torch.Tensor, sep: int, entities: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Synthetic rows that need attention to look tokens up by content.
 
     A 1M-parameter model does not grow such heads from a few thousand tool demonstrations, where
     copied tokens are rare; on dense synthetic copying it does within a few hundred steps. Half the
-    rows repeat a random span (induction); half hide 1-3 entity tokens (names, numbers) in random
-    filler and then list them in order after a separator (find-and-copy, as a tool call copies an
-    entity from the question or a number from a result). Returns ids and the loss mask.
+    rows repeat a random span (induction); half hide 1-4 entity tokens (names, numbers) in filler
+    that contains none, and then list them in order after a separator and end with it (find-and-copy,
+    as a tool call copies an entity from the question or a number from a result). Returns ids and
+    the loss mask.
     """
     span = 24
-    ids = torch.randint(low, high, (batch, 2 * span + 1), generator=gen)
+    ids = filler[torch.randint(0, len(filler), (batch, 2 * span + 1), generator=gen)]
     mask = torch.zeros_like(ids, dtype=torch.bool)
     half = batch // 2
-    ids[:, span] = low - 1  # separator
+    ids[:, span] = sep
     ids[:half, span + 1 :] = ids[:half, :span]
     mask[:half, span + 1 :] = True
     for row in range(half, batch):
-        k = int(torch.randint(1, 4, (1,), generator=gen))
+        k = int(torch.randint(1, 5, (1,), generator=gen))
         where = torch.randperm(span, generator=gen)[:k].sort().values
         picked = entities[torch.randint(0, len(entities), (k,), generator=gen)]
         ids[row, where] = picked
         ids[row, span + 1 : span + 1 + k] = picked
-        mask[row, span + 1 : span + 1 + k] = True
-        ids[row, span + 1 + k :] = low - 1
+        ids[row, span + 1 + k :] = sep
+        mask[row, span + 1 : span + 2 + k] = True
     return ids, mask
 
 
-def pretrain(model, spec: TinyModelSpec, low: int, high: int, entities: list[int], log=print) -> float:
+def _pretrain_chats(tokenizer, n: int, seed: int) -> list[tuple[list[int], list[bool]]]:
+    """Tool-use chats in the atlas format, each over its own shuffled world (``shuffled_world``).
+
+    They stand in for the general tool-calling skill an instruct model brings (copy an entity from
+    the question into a call, a number from a result into the next call): the facts differ in every
+    chat, so nothing about the bundled table or its held-out answers is learnt here. Only optimal
+    demonstrations; the SFT cold start later adds the suite's suboptimal ones.
+    """
+    from steprl.chat import ChatEncoder
+    from tools_env.suite import get_suite
+    from tools_env.suites.atlas import shuffled_world
+
+    atlas = get_suite("atlas")
+    encoder = ChatEncoder(tokenizer, [t.schema() for t in atlas.tools()], atlas.system_prompt)
+    rng = random.Random(f"pretrain-chats-{seed}")
+    rows = []
+    for i in range(n):
+        suite = atlas.with_world(shuffled_world(rng))
+        task = suite.tasks("train", 1, rng.randrange(1 << 30))[0]
+        traj = encoder.encode_demonstration(f"pretrain-{i}", suite.demonstration(task, rng, 0.0))
+        rows.append((traj.prompt_ids + traj.response_ids, [False] * len(traj.prompt_ids) + traj.action_mask))
+    return rows
+
+
+def _chat_batch(
+    gen: torch.Generator, rows: list[tuple[list[int], list[bool]]], batch: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    picked = [rows[int(i)] for i in torch.randint(0, len(rows), (batch,), generator=gen)]
+    width = max(len(ids) for ids, _ in picked)
+    ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((batch, width), dtype=torch.bool)
+    for r, (row_ids, row_mask) in enumerate(picked):
+        ids[r, : len(row_ids)] = torch.tensor(row_ids)
+        mask[r, : len(row_mask)] = torch.tensor(row_mask)
+    return ids, mask
+
+
+def pretrain(
+    model,
+    spec: TinyModelSpec,
+    filler: list[int],
+    sep: int,
+    entities: list[int],
+    chats: list[tuple[list[int], list[bool]]],
+    pad_id: int,
+    log=print,
+) -> float:
     from steprl.modeling import token_logprobs
 
     gen = torch.Generator().manual_seed(spec.seed)
-    entity_ids = torch.tensor(entities, dtype=torch.long)
+    filler_ids, entity_ids = torch.tensor(filler), torch.tensor(entities)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.pretrain_lr)
     model.train()
-    loss = torch.tensor(0.0)
+    copy_loss = chat_loss = torch.tensor(0.0)
     for step in range(1, spec.pretrain_steps + 1):
-        ids, mask = _pretrain_batch(gen, spec.pretrain_batch, low, high, entity_ids)
-        logp = token_logprobs(model(input_ids=ids).logits, ids)
-        loss = -(logp * mask).sum() / mask.sum()
+        for group in opt.param_groups:  # short warm-up: the copy heads form faster without early spikes
+            group["lr"] = spec.pretrain_lr * min(1.0, step / 50)
+        ids, mask = _pretrain_batch(gen, spec.pretrain_batch, filler_ids, sep, entity_ids)
+        copy_loss = -(token_logprobs(model(input_ids=ids).logits, ids) * mask).sum() / mask.sum()
+        loss = copy_loss
+        if chats and spec.pretrain_chat_batch:
+            ids, mask = _chat_batch(gen, chats, spec.pretrain_chat_batch, pad_id)
+            attn = (ids != pad_id).long()
+            logp = token_logprobs(model(input_ids=ids, attention_mask=attn).logits, ids)
+            chat_loss = -(logp * mask).sum() / mask.sum()
+            loss = loss + chat_loss
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step % 100 == 0 or step == spec.pretrain_steps:
             log(
-                f"  pretraining the embedded model: step {step}/{spec.pretrain_steps}, copy loss {loss.item():.3f}"
+                f"  pretraining the embedded model: step {step}/{spec.pretrain_steps}, "
+                f"copy loss {copy_loss.item():.3f}, chat loss {chat_loss.item():.3f}"
             )
     model.eval()
     return float(loss.detach())
@@ -211,9 +270,11 @@ def ensure_tiny_model(spec: TinyModelSpec | None = None, cache_dir: Path | None 
     try:
         tokenizer = build_tokenizer(spec)
         model = build_model(spec, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
-        first_regular = len(SPECIAL_TOKENS) + len(TOOL_TOKENS) + 1
+        first_regular = len(SPECIAL_TOKENS) + len(TOOL_TOKENS)
         entities = tokenizer.convert_tokens_to_ids([str(i) for i in range(1000)] + _entity_tokens())
-        pretrain(model, spec, first_regular, len(tokenizer), entities)
+        filler = sorted(set(range(first_regular + 1, len(tokenizer))) - set(entities))
+        chats = _pretrain_chats(tokenizer, spec.pretrain_chats, spec.seed) if spec.pretrain_chat_batch else []
+        pretrain(model, spec, filler, first_regular, entities, chats, tokenizer.pad_token_id)
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(tmp, safe_serialization=True)
