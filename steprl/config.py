@@ -214,6 +214,7 @@ class CodeToolConfig:
     tree_width: int = 2  # n: candidate steps sampled per node
     completions: int = 1  # rollouts to the end from every leaf (success labels)
     potential: str = "soft"  # soft: fraction of successful rollouts below a node | hard: any success
+    outcome: str = "solved"  # a rollout's success: solved (IsSolved, the paper) | return (mean step reward)
     prm_path: str = ""  # a trained PRM to use (empty: build pairs and train one in setup)
     prm_epochs: int = 2
     prm_lr: float = 1e-4
@@ -472,6 +473,7 @@ def validate(cfg: Any) -> StepRLConfig:
     )
     _check(ct.completions >= 1 and ct.tree_tasks >= 1, "codetool", "completions and tree_tasks must be >= 1")
     _check(ct.potential in ("soft", "hard"), "codetool.potential", "must be soft or hard")
+    _check(ct.outcome in ("solved", "return"), "codetool.outcome", "must be solved or return")
     _check(
         ct.search_candidates >= 1 and ct.search_depth >= 1, "codetool", "search_candidates/depth must be >= 1"
     )

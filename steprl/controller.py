@@ -428,6 +428,22 @@ class Controller:
             self.sync_weights()
         return state
 
+    def set_reward_config(self, reward_cfg: Any) -> None:
+        """Replace the reward workers with ones built from ``reward_cfg`` (a method that trains a reward
+        model mid-run, e.g. CodeTool's PRM, switches a component to it). No config object is mutated."""
+        reward_cls = ray.remote(num_cpus=0)(RewardWorker)
+
+        def create(_slot: int) -> Any:
+            return reward_cls.remote(reward_cfg, reward_env(reward_cfg))
+
+        new = [create(i) for i in range(len(self.reward_workers))]
+        ray.get([w.ready.remote() for w in new])
+        for w in self.reward_workers:
+            ray.kill(w)
+        self.reward_workers[:] = new  # in place: the reward pool holds this same list
+        if getattr(self, "reward_pool", None) is not None:
+            self.reward_pool.create = create  # a restarted worker keeps the new configuration
+
     def shutdown(self) -> None:
         for g in (self.actor, self.ref, self.critic, *self.extra_groups.values()):
             if g is not None:

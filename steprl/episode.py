@@ -106,6 +106,8 @@ def advance_episodes(
     The generations are aligned with ``live``; ``entropy_tokens > 0`` asks the engine for the
     entropies of the first that many tokens of each turn.
     """
+    if not live:
+        return [], [], []
     room = [budget.max_response_tokens - len(ep.traj.response_ids) for ep in live]
     extra = {"entropy_tokens": entropy_tokens} if entropy_tokens > 0 else {}
     gens = engine.generate(

@@ -13,6 +13,7 @@ import torch
 
 from steprl.algorithms import archer as H
 from steprl.algorithms import arpo as A
+from steprl.algorithms import codetool as C
 from steprl.protocol import StepRecord, Trajectory, collate
 
 # ============================================================================ ARPO
@@ -288,3 +289,153 @@ def test_archer_soft_update():
         H.soft_update_([t], [o], 0.0)
     with pytest.raises(ValueError, match="shape"):
         H.soft_update_([t], [torch.zeros(3)], 0.5)
+
+
+# ============================================================================ CodeTool
+
+
+# root 0 -> 1, 2, 7 ; 1 -> 3, 4 ; 2 -> 5, 6, 8 (8: no rollout below it)
+PARENTS = [-1, 0, 0, 1, 1, 2, 2, 0, 2]
+OUTCOMES = [[], [], [], [1.0], [0.0], [0.0, 0.0], [0.5], [1.0], []]
+
+
+def test_codetool_potential_labels():
+    soft = C.node_potentials(PARENTS, OUTCOMES, "soft")
+    want = [2.5 / 6, 0.5, 0.5 / 3, 1.0, 0.0, 0.0, 0.5, 1.0, None]
+    assert soft[:8] == pytest.approx(want[:8]) and soft[8] is None
+    hard = C.node_potentials(PARENTS, OUTCOMES, "hard")
+    assert hard == [1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, None]  # 0.5 (unsure) is not a success
+    assert sorted(C.sibling_label_pairs(PARENTS, soft)) == sorted([(1, 2), (7, 1), (7, 2), (3, 4), (6, 5)])
+    assert sorted(C.sibling_label_pairs(PARENTS, hard)) == sorted([(1, 2), (7, 2), (3, 4)])  # ties: no pair
+    with pytest.raises(ValueError, match="before it"):
+        C.node_potentials([1, -1], [[1.0], []], "soft")
+    assert C.rollout_outcome(0.5, [0.2, 0.4], "solved") == 0.5
+    assert C.rollout_outcome(0.0, [0.2, 0.4, 0.0], "return") == pytest.approx(0.2)
+
+
+def test_codetool_on_the_spot_reward_and_best_candidate():
+    assert C.on_the_spot_reward(StepRecord(text="", succ_calling=1.0)) == 1.0
+    assert C.on_the_spot_reward(StepRecord(text="", succ_calling=0.0)) == 0.0  # the code raised
+    assert C.on_the_spot_reward(StepRecord(text="", parse_error="not closed")) == 0.0
+    assert C.on_the_spot_reward(StepRecord(text="", is_final=True)) == 1.0
+    assert C.select_best([1.0, 0.0, 1.0], [0.2, 0.9, 0.7]) == 2  # totals 1.2, 0.9, 1.7
+    assert C.select_best([0.0, 1.0], [0.9, 0.0]) == 1  # 0.9 < 1.0: the code that ran wins
+    assert C.select_best([1.0, 1.0], [0.5, 0.5]) == 0  # a tie keeps the first
+    with pytest.raises(ValueError):
+        C.select_best([], [])
+
+
+GOOD = '<tool_call>\n{"name": "python", "arguments": {"code": "print(%s)"}}\n</tool_call>'
+BAD = '<tool_call>\n{"name": "python", "arguments": {"code": "print(undefined_name)"}}\n</tool_call>'
+
+
+class MathScriptEngine:
+    """First turn: alternately a program that prints the answer and one that raises. Later turns:
+    answer with the number the last tool result showed (or 0 after an error)."""
+
+    def __init__(self, encoder, answers):
+        self.encoder, self.answers, self.calls = encoder, answers, 0
+
+    def generate(self, prompts, max_tokens, temperature, seed=None, entropy_tokens=0):
+        from steprl.engines.base import Generation
+
+        out = []
+        for p in prompts:
+            key = next(k for k in self.answers if tuple(p[: len(k)]) == k)
+            rest = self.encoder.tokenizer.decode(p[len(key) :])
+            if not rest:
+                text = (GOOD % self.answers[key]) if self.calls % 2 == 0 else BAD
+                self.calls += 1
+            else:
+                shown = rest.split("<tool_response>")[-1].split("</tool_response>")[0].strip()
+                text = f"The answer is {shown if shown.isdigit() else 0}."
+            ids = self.encoder.action_ids(text)
+            out.append(Generation(ids, [-0.5] * len(ids), True))
+        return out
+
+
+@pytest.fixture(scope="module")
+def math_worker(tokenizer):
+    from steprl.chat import ChatEncoder
+    from steprl.episode import EpisodeBudget
+    from tools_env import get_suite
+    from tools_env.env import ToolEnv
+    from tools_env.parsers import get_parser
+
+    suite = get_suite("math")
+    encoder = ChatEncoder(tokenizer, [t.schema() for t in suite.tools()], suite.system_prompt)
+    tasks = suite.tasks("train", 2, 0)
+    answers = {tuple(encoder.start(t.question)[1]): t.answer for t in tasks}
+    worker = SimpleNamespace(
+        engine=MathScriptEngine(encoder, answers),
+        env=ToolEnv(),
+        encoders={"math": encoder},
+        parse=get_parser("hermes"),
+        budget=EpisodeBudget(4, 1000, 200),
+    )
+    return worker, tasks
+
+
+def test_codetool_tree_labels_siblings_by_their_completions(math_worker):
+    from steprl.methods.codetool import explore_trees, tree_sibling_pairs
+    from steprl.prm import examples_from_sibling_pairs
+    from workers.reward import score_trajectory
+
+    worker, tasks = math_worker
+    worker.engine.calls = 0
+    res = explore_trees(
+        worker, [t.to_dict() for t in tasks], depth=1, width=2, completions=2, temperature=1.0, seed=0
+    )
+    nodes = res["nodes"]
+    assert [n["parent"] for n in nodes] == [-1, -1, 0, 0, 1, 1]  # two roots, two children each
+    assert len(res["trajectories"]) == 8 and sorted(res["owner"]) == [2, 2, 3, 3, 4, 4, 5, 5]
+    assert worker.env.num_sessions == 0  # every session (nodes, forks, completions) was closed
+    scored = [
+        score_trajectory(t, tasks[nodes[o]["task"]])
+        for t, o in zip(res["trajectories"], res["owner"], strict=True)
+    ]
+    values = [C.rollout_outcome(t.is_solved, t.step_rewards, "solved") for t in scored]
+    by_node = {o: [] for o in res["owner"]}
+    for o, v in zip(res["owner"], values, strict=True):
+        by_node[o].append(v)
+    assert by_node == {2: [1.0, 1.0], 3: [0.0, 0.0], 4: [1.0, 1.0], 5: [0.0, 0.0]}  # good code, bad code
+    pairs = tree_sibling_pairs(nodes, res["owner"], values, "hard")
+    assert len(pairs) == 2
+    for pair, (root, good, bad) in zip(pairs, [(0, 2, 3), (1, 4, 5)], strict=True):
+        assert pair.prefix == nodes[root]["context"]  # the prompt
+        assert pair.prefix + pair.first == nodes[good]["context"]  # through the step's tool result
+        assert pair.prefix + pair.second == nodes[bad]["context"]
+        assert (pair.first_value, pair.second_value) == (1.0, 0.0)
+    examples = examples_from_sibling_pairs(pairs)
+    assert [label for _, label in examples] == [True, False, True, False]
+    assert examples[0][0] == nodes[2]["context"] and examples[1][0] == nodes[3]["context"]
+
+
+class ScriptedPRM:
+    """Prefers contexts whose last tool result is a number (a stand-in for a trained PRM)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def score(self, contexts):
+        out = []
+        for c in contexts:
+            last = self.tokenizer.decode(c).split("<tool_response>")[-1]
+            out.append(0.9 if last.strip().split("<")[0].strip().isdigit() else 0.1)
+        return out
+
+
+def test_codetool_search_follows_the_best_candidate(math_worker, tokenizer):
+    from steprl.methods.codetool import search_rollout
+
+    worker, tasks = math_worker
+    worker.engine.calls = 1  # the first candidate of each step is now the failing program
+    worker.__dict__.setdefault("_codetool_prms", {})["scripted"] = ScriptedPRM(tokenizer)
+    trajs, stats = search_rollout(worker, [t.to_dict() for t in tasks], 2, 4, "scripted", 1.0, 0)
+    assert stats["candidates"] == 8 and worker.env.num_sessions == 0
+    for traj, task in zip(trajs, tasks, strict=True):
+        first = traj.meta["codetool_search"][0]
+        assert first["on_the_spot"] == [0.0, 1.0] and first["latent"] == pytest.approx([0.1, 0.9])
+        assert first["chosen"] == 1  # on-the-spot 1 + latent 0.9 beats 0 + 0.1
+        assert traj.steps[0].succ_calling == 1.0 and traj.final_answer == f"The answer is {task.answer}."
+        assert traj.end_reason == "answer"

@@ -48,7 +48,7 @@ def test_arpo_branches_and_fills_the_group_budget(runs):
     run_dir = runs / "arpo"
     summary = _run(
         [
-            "recipe=arpo", *TINY, "sft.num_demos=64", "sft.batch_size=8", "rollout.group_size=4",
+            "recipe=arpo", *TINY, "sft.num_demos=48", "sft.batch_size=8", "rollout.group_size=4",
             "arpo.initial_rollouts=2", "arpo.alpha=1.0", "arpo.beta=0.0", "arpo.attribution=hard",
         ],
         run_dir,
@@ -134,3 +134,46 @@ def test_archer_critic_td_step_and_target_update_under_fsdp2(runs, tiny_model_pa
         assert torch.allclose(target, online, atol=1e-6)  # theta_target <- 0 * theta_target + 1 * theta
     finally:
         group.shutdown()
+
+
+def test_codetool_with_its_prm_in_the_reward_path_and_search(runs, tokenizer, tiny_model_path):
+    """The recipe with a given PRM (``codetool.prm_path``): Contribution comes from the PRM in every
+    scored batch, and the best-of-n step search evaluates the policy before and after training. (Tree
+    building and the PRM's sibling-pair labels are checked against a scripted engine in
+    test_family_algorithms.py; the tiny policy of a smoke run solves nothing, so its trees tie.)"""
+    from steprl.chat import ChatEncoder
+    from steprl.prm import train_prm
+    from tools_env import get_suite
+    from tools_env.suites.atlas import call_text
+
+    suite = get_suite("math")
+    encoder = ChatEncoder(tokenizer, [t.schema() for t in suite.tools()], suite.system_prompt)
+    examples = []
+    for task in suite.tasks("train", 4, 3):
+        prompt = encoder.start(task.question)[1]
+        good = call_text("python", {"code": f"print({task.answer})"})
+        examples += [
+            (prompt + encoder.action_ids(good), True),
+            (prompt + encoder.action_ids("print(x"), False),
+        ]
+    prm = train_prm(tiny_model_path, examples, str(runs / "prm"), epochs=1, lr=1e-4, batch_size=4)
+
+    run_dir = runs / "codetool"
+    summary = _run(
+        [
+            "recipe=codetool", *TINY, "sft.num_demos=32", "sft.batch_size=16", "rollout.group_size=2",
+            "critic.world_size=1", "algorithm.kl_coef=0", f"codetool.prm_path={prm}", "codetool.search_candidates=2",
+            "codetool.search_depth=3",
+        ],
+        run_dir,
+    )  # fmt: skip
+    assert summary["status"] == "completed"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    start = next(r for r in rows if "eval/search_start/pass_rate" in r)
+    assert start["step"] == 0 and 0.0 <= start["eval/search_start/pass_rate"] <= 1.0
+    its = _iterations(run_dir)
+    for row in its.values():
+        assert row["reward/prm/steps"] > 0  # every batch's Contribution came from the PRM
+        assert math.isfinite(row["critic/vf_loss"]) and math.isfinite(row["actor/pg_loss"])
+    assert 0.0 <= its[2]["eval/search_final/pass_rate"] <= 1.0
+    assert 0.0 <= its[2]["eval/search_final/switched_share"] <= 1.0

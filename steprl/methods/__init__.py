@@ -63,4 +63,4 @@ def get_method(name: str) -> Method:
 
 def _load_builtin() -> None:
     # each registers itself (ARPO, ArCHer, CodeTool: recipes part B; SFT, RFT, ETO, TRICE: part A)
-    from steprl.methods import archer, arpo, eto, ppo, rft, sft, trice  # noqa: F401
+    from steprl.methods import archer, arpo, codetool, eto, ppo, rft, sft, trice  # noqa: F401
