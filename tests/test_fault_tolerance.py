@@ -1,8 +1,8 @@
 """Faults that must not cost an iteration its batch: workers killed mid-iteration, the tool server
 killed, tool calls that fail, and episodes cut by the token budget.
 
-The slow tests run a real Controller on a local Ray cluster (transformers engine, two rollout and two
-reward workers, a FastAPI tool server in its own process) and SIGKILL a worker's or the server's
+The slow tests run a real Controller on a local Ray cluster (transformers engine, two rollout workers and
+a reward worker, a FastAPI tool server in its own process) and SIGKILL a worker's or the server's
 process right after a chunk of work was submitted to it. Chunks are seeded by their index, so the
 batch produced with a failure must equal, token for token, the batch produced without one.
 """
@@ -135,7 +135,7 @@ def test_an_episode_cut_by_the_token_budget_is_kept_truncated_and_bootstrapped(
 
 OVERRIDES = {
     "rollout": {"engine": "hf", "num_workers": 2, "tool_server": "local", "max_tokens_per_turn": 24},
-    "reward": {"num_workers": 2},
+    "reward": {"num_workers": 1},
     "algorithm": {"kl_coef": 0.0, "use_critic": False},
     "trainer": {"max_worker_restarts": 2, "logger": ["jsonl"], "progress": False},
 }
@@ -206,10 +206,10 @@ def test_killed_workers_and_tool_server_are_replaced_and_the_batch_is_whole(cont
 
     # a reward worker dies while scoring
     killed = _kill_on_submit(
-        ctl.reward_pool, 1, lambda w: ray.get(w.__ray_call__.remote(lambda self: os.getpid()))
+        ctl.reward_pool, 0, lambda w: ray.get(w.__ray_call__.remote(lambda self: os.getpid()))
     )
     _same_batch(_batch(ctl), baseline)
-    assert len(killed) == 1 and ctl.reward_pool.restarts == [0, 1]
+    assert len(killed) == 1 and ctl.reward_pool.restarts == [1]
 
     # the tool server dies: restarted on the same port, the affected chunks re-run, no worker charged
     server = ctl.tool_server

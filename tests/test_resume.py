@@ -198,11 +198,14 @@ def test_sigkill_and_resume_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_nonempty_run_dir_needs_resume(tmp_path):
+    from steprl.main import UserError, load_config, make_run_dir
+
     (tmp_path / "metrics.jsonl").write_text("")
-    proc = subprocess.run(
-        [sys.executable, "-m", "steprl.main", f"trainer.run_dir={tmp_path}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2 and "trainer.resume=auto" in proc.stderr
+    cfg, _ = load_config([f"trainer.run_dir={tmp_path}"])
+    with pytest.raises(UserError, match="not empty .trainer.resume=auto continues it"):
+        make_run_dir(cfg)
+    cfg, _ = load_config([f"trainer.run_dir={tmp_path}", "trainer.resume=auto"])
+    assert make_run_dir(cfg) == tmp_path  # nothing to resume yet: starts over in the same directory
+    cfg, _ = load_config([f"trainer.run_dir={tmp_path}", f"trainer.resume={tmp_path}"])
+    with pytest.raises(UserError, match="COMPLETE"):
+        make_run_dir(cfg)
