@@ -441,7 +441,7 @@ class Controller:
         for w in self.reward_workers:
             ray.kill(w)
         self.reward_workers[:] = new  # in place: the reward pool holds this same list
-        if getattr(self, "reward_pool", None) is not None:
+        if self.reward_pool is not None:
             self.reward_pool.create = create  # a restarted worker keeps the new configuration
 
     def shutdown(self) -> None:
