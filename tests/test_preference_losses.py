@@ -425,6 +425,11 @@ def test_dpo_step_through_the_actor(actor, tokenizer):
     a = actor.dpo_step(shard, beta=0.1, lr=1e-12)["actor/dpo_loss"]
     b = actor.dpo_step(one, beta=0.1, lr=1e-12)["actor/dpo_loss"]
     assert math.isfinite(a) and a == pytest.approx(b, rel=1e-4)
+    # one pair over two ranks: rank 1 gets only a padding row (trimmed to one column); it must still
+    # run its forward/backward (FSDP collectives) and contribute nothing
+    pad_only = shard_rows({k: v[:1] for k, v in three.items()}, 2)[1]
+    assert pad_only["group_mask"].tolist() == [False]
+    assert actor.dpo_step(pad_only, beta=0.1, lr=1e-12)["actor/dpo_loss"] == 0.0
     # a pair whose rejected side was truncated to nothing is refused, not trained on
     bad = _pair_data([prompts[0]], [chosen[0]], [[]])
     bad["ref_logps"] = torch.zeros(1, 2)
@@ -451,8 +456,10 @@ def test_rank_step_through_the_actor_orders_candidates(actor, tokenizer):
     assert first["actor/ranked_pairs"] == 3.0 and first["actor/misordered_pairs"] == 3.0
     assert first["actor/rank_loss"] == pytest.approx(_rrhf_reference(pn, scores, [True] * 3), rel=1e-4)
     assert first["actor/sft_nll"] == pytest.approx(-pn[order[0]], rel=1e-4)  # the best = lowest p
-    for _ in range(4):
+    for _ in range(10):  # (the module's actor was trained by the DPO test before: allow a few steps)
         last = actor.rank_step(data, alpha=1.0, lr=1e-3)
+        if last["actor/misordered_pairs"] == 0.0:
+            break
     assert last["actor/misordered_pairs"] == 0.0 and last["actor/trice_loss"] < first["actor/trice_loss"]
 
 
