@@ -44,7 +44,9 @@ class RolloutConfig:
     num_cpus: float = 1.0  # Ray CPUs reserved per rollout worker
     group_size: int = 4  # samples per task (GRPO groups; also variance reduction)
     temperature: float = 1.0
-    eval_temperature: float = 0.0
+    # held-out pass rate of the policy as trained (sampled), several samples per task; greedy is also reported
+    eval_temperature: float = 1.0
+    eval_samples: int = 4
     tool_format: str = "hermes"
     max_turns: int = 6
     max_response_tokens: int = 320
@@ -270,7 +272,7 @@ class StepRLConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
-DATA_FORMATS = ("suite", "steptool_sft_json", "steptool_rft_json", "steptool_eto_csv")
+DATA_FORMATS = ("suite", "steptool_sft_json", "steptool_rft_json", "steptool_eto_csv", "steptool_csv")
 
 
 def register_configs() -> None:
@@ -391,6 +393,7 @@ def validate(cfg: Any) -> StepRLConfig:
     _validate_reward(c.reward)
     _check(c.rollout.temperature >= 0, "rollout.temperature", "must be >= 0")
     _check(c.rollout.group_size >= 1, "rollout.group_size", "must be >= 1")
+    _check(c.rollout.eval_samples >= 1, "rollout.eval_samples", "must be >= 1")
     _check(c.rollout.max_turns >= 1, "rollout.max_turns", "must be >= 1")
     _check(c.rollout.max_tokens_per_turn >= 1, "rollout.max_tokens_per_turn", "must be >= 1")
     _check(

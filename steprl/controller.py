@@ -303,9 +303,16 @@ class Controller:
         return tasks
 
     def evaluate(self, tag: str, seed: int) -> dict[str, float]:
+        """Held-out metrics of the policy as sampled (``rollout.eval_samples`` per task at
+        ``rollout.eval_temperature``: what RL optimizes), plus greedy decoding as ``greedy_*``."""
         c = self.cfg.rollout
-        trajs, _ = self.generate(self.test_tasks, 1, c.eval_temperature, seed)
-        return episode_metrics(trajs, prefix=f"eval/{tag}/")
+        trajs, _ = self.generate(self.test_tasks, c.eval_samples, c.eval_temperature, seed)
+        out = episode_metrics(trajs, prefix=f"eval/{tag}/")
+        if c.eval_temperature > 0:
+            greedy, _ = self.generate(self.test_tasks, 1, 0.0, seed)
+            g = episode_metrics(greedy, prefix="")
+            out.update({f"eval/{tag}/greedy_{k}": g[k] for k in ("pass_rate", "tool_success", "steps")})
+        return out
 
     def peak_memory(self) -> dict[str, float]:
         """``memory/<worker>_peak_mb`` (and ``_cuda_peak_mb``): the largest peak over each kind's processes."""
@@ -321,16 +328,22 @@ class Controller:
         return out
 
     # ---- the loop ----------------------------------------------------------------------------
-    def iteration(self, it: int) -> dict[str, float]:
+    def iteration(self, it: int, trajectories: list[Trajectory] | None = None) -> dict[str, float]:
+        """One PPO-family iteration; ``trajectories`` (already scored, e.g. offline data) replace the
+        rollout and reward stages."""
         times: dict[str, float] = {}
         self.timer.reset()  # stages run between iterations (evaluation) do not count
         t0 = time.time()
-        trajs, rstats = self.generate(
-            self.next_tasks(),
-            self.cfg.rollout.group_size,
-            self.cfg.rollout.temperature,
-            seed=self.cfg.trainer.seed * 100003 + it * 977,
-        )
+        if trajectories is None:
+            trajs, rstats = self.generate(
+                self.next_tasks(),
+                self.cfg.rollout.group_size,
+                self.cfg.rollout.temperature,
+                seed=self.cfg.trainer.seed * 100003 + it * 977,
+            )
+        else:
+            trajs, rstats = trajectories, {"rollout/generated_tokens": 0, "rollout/seconds": 0.0}
+            self.reward_metrics = {}
         times["time/rollout"] = time.time() - t0
         reward_metrics = self.reward_metrics
         if self.cfg.trainer.save_rollouts:  # the scored batch, token-exact, as an offline dataset

@@ -181,7 +181,11 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
             p.stage(f"evaluating the starting policy on {len(ctl.test_tasks)} held-out tasks")
             start_eval = ctl.evaluate("start", seed=cfg.trainer.seed)
             ctl.logger.log(0, {**start_eval, "eval/pass_rate": start_eval["eval/start/pass_rate"]})
-        p.stage(f"held-out pass rate before RL: {start_eval['eval/start/pass_rate']:.3f}")
+        greedy = start_eval.get("eval/start/greedy_pass_rate")
+        p.stage(
+            f"held-out pass rate before RL: {start_eval['eval/start/pass_rate']:.3f}"
+            + (f" (greedy {greedy:.3f})" if greedy is not None else "")
+        )
         total = cfg.trainer.total_iterations
         p.stage(
             f"RL: {total} iterations x {cfg.trainer.tasks_per_iteration} tasks x {cfg.rollout.group_size} samples"
@@ -213,11 +217,21 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
             curves=str(plot) if plot else None,
             seconds=time.time() - p.t0,
             end_reasons_after_rl={k.split("/")[-1]: v for k, v in end_eval.items() if "/end/" in k},
+            eval_temperature=cfg.rollout.eval_temperature,
+            eval_samples_per_task=cfg.rollout.eval_samples,
+            greedy_pass_rate_before_rl=start_eval.get("eval/start/greedy_pass_rate"),
+            greedy_pass_rate_after_rl=end_eval.get("eval/final/greedy_pass_rate"),
         )
         summary.update(**timing_summary(ctl.logger.history), **memory_summary(ctl.logger.history))
         p.stage(
-            f"held-out pass rate: {summary['pass_rate_before_rl']:.3f} after SFT -> {summary['pass_rate_after_rl']:.3f} "
-            f"after RL ({summary['seconds']:.0f}s); run directory {run_dir}"
+            f"held-out pass rate (T={cfg.rollout.eval_temperature:g}, {cfg.rollout.eval_samples} per task): "
+            f"{summary['pass_rate_before_rl']:.3f} after SFT -> {summary['pass_rate_after_rl']:.3f} after RL"
+            + (
+                f"; greedy {summary['greedy_pass_rate_before_rl']:.3f} -> {summary['greedy_pass_rate_after_rl']:.3f}"
+                if summary["greedy_pass_rate_after_rl"] is not None
+                else ""
+            )
+            + f" ({summary['seconds']:.0f}s); run directory {run_dir}"
         )
         return summary
     except BaseException as e:
