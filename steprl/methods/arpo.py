@@ -200,6 +200,8 @@ class ARPO(Method):
         return ctl.score(trajs, [by_id[t.task_id] for t in trajs]), stats
 
     def iteration(self, ctl: Controller, it: int) -> dict[str, float]:
+        from steprl.controller import episode_metrics, tensors_of
+
         c = ctl.cfg
         times: dict[str, float] = {}
         t0 = time.time()
@@ -211,7 +213,7 @@ class ARPO(Method):
         batch = collate(trajs, ctl.pad_id)
         # the estimators' outcome slot carries the ARPO reward: GRPO over the tree's groups
         outcome = replace(batch, is_solved=torch.tensor([p["reward"] for p in parts]))
-        data = {k: v for k, v in asdict(batch).items() if isinstance(v, torch.Tensor)}
+        data = tensors_of(batch)
         t1 = time.time()
         metrics = ctl.advantages(outcome, data)
         segments = segment_ids_from_cuts(
@@ -228,8 +230,6 @@ class ARPO(Method):
             ctl.kl_ctl.update(metrics["kl"], batch.size)
         times["time/sync"] = ctl.sync_weights()
         times["time/iteration"] = time.time() - t0
-        from steprl.controller import episode_metrics
-
         points = max(rstats["arpo/branch_points"], 1)
         n = max(len(trajs), 1)
         return {
