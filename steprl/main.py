@@ -228,7 +228,8 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
             f"{summary['pass_rate_before_rl']:.3f} after SFT -> {summary['pass_rate_after_rl']:.3f} after RL"
             + (
                 f"; greedy {summary['greedy_pass_rate_before_rl']:.3f} -> {summary['greedy_pass_rate_after_rl']:.3f}"
-                if summary["greedy_pass_rate_after_rl"] is not None
+                # a run resumed from one that logged no greedy start evaluation has only the second
+                if None not in (summary["greedy_pass_rate_before_rl"], summary["greedy_pass_rate_after_rl"])
                 else ""
             )
             + f" ({summary['seconds']:.0f}s); run directory {run_dir}"
