@@ -137,20 +137,25 @@ class WorkerPool:
         return len(self.workers)
 
     def restart(self, slot: int, error: BaseException) -> None:
-        if self.restarts[slot] >= self.max_restarts:
-            raise WorkerFailure(
-                f"{self.kind} worker {slot} failed {self.restarts[slot] + 1} times "
-                f"(trainer.max_worker_restarts={self.max_restarts}); last error: {_short(error)}"
-            ) from error
-        with contextlib.suppress(Exception):  # it may be dead already
-            ray.kill(self.workers[slot], no_restart=True)
-        worker = self.create(slot)
-        if self.prepare is not None:
-            self.prepare(worker)
-        self.workers[slot] = worker
-        self.restarts[slot] += 1
-        self._generation[slot] += 1
-        self.events.append({"what": f"{self.kind}_restart", "slot": slot, "error": _short(error)})
+        """Replace the slot's worker; a replacement that fails to start counts as one more failure."""
+        while True:
+            if self.restarts[slot] >= self.max_restarts:
+                raise WorkerFailure(
+                    f"{self.kind} worker {slot} failed {self.restarts[slot] + 1} times "
+                    f"(trainer.max_worker_restarts={self.max_restarts}); last error: {_short(error)}"
+                ) from error
+            with contextlib.suppress(Exception):  # it may be dead already
+                ray.kill(self.workers[slot], no_restart=True)
+            self.events.append({"what": f"{self.kind}_restart", "slot": slot, "error": _short(error)})
+            self.workers[slot] = self.create(slot)
+            self.restarts[slot] += 1
+            self._generation[slot] += 1
+            try:
+                if self.prepare is not None:
+                    self.prepare(self.workers[slot])
+                return
+            except Exception as e:  # e.g. the engine did not start on the new process
+                error = e
 
     def run(self, chunks: Sequence[Any], submit: Callable[[Any, int, Any], Any]) -> list[Any]:
         """Each chunk's result exactly once, in chunk order.

@@ -262,3 +262,39 @@ def test_placement_group_bundles_and_shared_bundles(ray_cluster):
         placement.remove()
     with pytest.raises(RuntimeError, match="could not reserve 1 bundles"):
         Placement("spread", {"actor": [{"CPU": 64.0}]}, timeout_s=1.0)
+
+
+@pytest.mark.slow
+def test_pool_counts_a_replacement_that_fails_to_start_and_keeps_chunk_order(ray_cluster):
+    import ray
+
+    from steprl.fault import WorkerPool
+
+    @ray.remote(num_cpus=0)
+    class Doubler:
+        def double(self, xs: list[int]) -> list[int]:
+            return [2 * x for x in xs]
+
+        def pid(self) -> int:
+            return os.getpid()
+
+    starts: list[int] = []
+
+    def prepare(worker) -> None:  # the first replacement "fails to start", the second works
+        starts.append(ray.get(worker.pid.remote()))
+        if len(starts) == 1:
+            raise RuntimeError("engine did not start")
+
+    pool = WorkerPool("doubler", lambda _slot: Doubler.remote(), 2, max_restarts=3, prepare=prepare)
+    os.kill(ray.get(pool.workers[1].pid.remote()), signal.SIGKILL)
+    chunks = split(list(range(7)), 2)
+    parts = pool.run(chunks, lambda w, _i, chunk: w.double.remote(chunk))
+    assert merge_by_id(chunks, parts) == {x: 2 * x for x in range(7)}
+    assert pool.restarts == [0, 2] and len(starts) == 2  # one death + one failed start, both charged
+    assert [e["error"] for e in pool.events if e["slot"] == 1][-1] == "RuntimeError: engine did not start"
+    pool.restart(1, RuntimeError("again"))  # the third and last restart allowed
+    assert pool.restarts == [0, 3] and len(starts) == 3
+    with pytest.raises(
+        WorkerFailure, match=r"doubler worker 1 failed 4 times .* last error: RuntimeError: x"
+    ):
+        pool.restart(1, RuntimeError("x"))
