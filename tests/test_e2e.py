@@ -17,6 +17,7 @@ SMALL = [
     "trainer.tasks_per_iteration=4",
     "rollout.group_size=2",
     "data.test_tasks=8",
+    "rollout.eval_samples=2",
     "sft.num_demos=64",
     "sft.epochs=1",
     "sft.batch_size=16",
@@ -38,6 +39,9 @@ def _main(args: list[str], run_dir: Path, timeout: int = 600) -> subprocess.Comp
 def _check_run_dir(run_dir: Path, critic: bool = True) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
+    # sampled evaluation (2 per task at T=1) with greedy beside it
+    assert summary["eval_samples_per_task"] == 2 and summary["eval_temperature"] == 1.0
+    assert 0.0 <= summary["greedy_pass_rate_after_rl"] <= 1.0
     assert (run_dir / "config.yaml").read_text().startswith("recipe:")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     iters = [r for r in rows if "train/reward" in r]
