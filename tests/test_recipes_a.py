@@ -110,8 +110,8 @@ def cluster(ray_cluster, tiny_model_path):
 
 @pytest.fixture(scope="module")
 def sft_run(cluster, tmp_path_factory) -> Path:
-    """``python -m steprl.main recipe=sft`` on a published-format SFT file (last-turn loss), joining the
-    module's cluster; the other recipes start from its checkpoint."""
+    """``python -m steprl.main recipe=sft`` (LoRA) on a published-format SFT file (last-turn loss),
+    joining the module's cluster; the other recipes start from its checkpoint."""
     tmp = tmp_path_factory.mktemp("sft")
     run_dir = tmp / "run"
     proc = subprocess.run(
@@ -119,6 +119,7 @@ def sft_run(cluster, tmp_path_factory) -> Path:
             sys.executable, "-m", "steprl.main", "recipe=sft", *TINY, f"ray.address={cluster}",
             "data.format=steptool_sft_json", f"data.path={_write_json(tmp / 'sft.json', 'function')}",
             "sft.loss_on=last", "sft.epochs=2", "trainer.total_iterations=1", f"trainer.run_dir={run_dir}",
+            "model.lora_rank=4",  # LoRA SFT; the checkpoint holds merged weights the others start from
         ],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -133,7 +134,11 @@ def test_sft_on_the_published_format(sft_run):
     sft_rows = [r for r in _rows(sft_run) if "sft/step" in r]
     assert len(sft_rows) == 2 and all(r["sft/nll"] > 0 for r in sft_rows)  # 2 epochs x 1 batch
     assert _iterations(sft_run)[1]["sft/steps"] == 1.0  # the one SFT-epoch iteration
-    _final_actor(sft_run)
+    from safetensors import safe_open
+
+    with safe_open(str(_final_actor(sft_run) / "model.safetensors"), "pt") as f:
+        names = list(f.keys())
+    assert "model.embed_tokens.weight" in names and not any("lora" in n for n in names)  # merged
 
 
 def test_rft_from_the_sft_checkpoint(sft_run, tmp_path):
