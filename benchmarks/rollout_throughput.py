@@ -7,7 +7,9 @@ Each (engine, model) runs in its own subprocess (a clean interpreter and a clean
 ``workers.rollout.RolloutWorker`` a training run uses, with the tool server in the loop: a FastAPI server
 started in its own process (``tools_env.server.serve(background="process")``, as ``rollout.tool_server=local``
 does) and a ``ToolClient`` in the worker. One warm-up rollout, then ``--episodes`` atlas episodes timed in one
-lockstep batch. Models: ``embedded`` (the ~1M-parameter default), ``random100m`` (a Qwen2 with random
+lockstep batch. The hf engine gets ``--threads`` torch threads (default 1, what the controller gives a
+rollout worker; several OpenMP threads collapse when the cores are oversubscribed); vLLM's CPU engine
+manages its own threads. Models: ``embedded`` (the ~1M-parameter default), ``random100m`` (a Qwen2 with random
 weights and the embedded tokenizer, built in a temporary directory; ``--random-*`` set its shape), or a
 model directory. Ratios are against the first configuration measured in the same run.
 """
@@ -147,7 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens-per-turn", type=int, default=48)
     p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.2)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the hf engine (1: as the controller starts rollout workers)",
+    )
     p.add_argument("--random-hidden", type=int, default=768)
     p.add_argument("--random-layers", type=int, default=10)
     p.add_argument("--random-intermediate", type=int, default=3072)

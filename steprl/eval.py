@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-grounding", action="store_true", help="dfsdt: accept ungrounded answers")
     p.add_argument("--reward-source", default="rule")
     p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads of the hf engine (0: all cores)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--max-model-len", type=int, default=d.max_model_len)
     p.add_argument("--gpu-memory-utilization", type=float, default=d.gpu_memory_utilization)
@@ -117,6 +118,7 @@ def make_spec(args: argparse.Namespace):
     )
     _check(args.temperature is None or args.temperature >= 0, "--temperature must be >= 0")
     _check(args.width >= 1 and args.max_calls >= 1, "--width and --max-calls must be >= 1")
+    _check(args.threads >= 0, "--threads must be >= 0")
     if args.reward_source != "rule":  # a judge without an endpoint fails here, not after decoding
         from steprl.config import RewardConfig
         from steprl.reward_sources import RewardPipeline, reward_env
@@ -152,6 +154,7 @@ def make_spec(args: argparse.Namespace):
         dtype=args.dtype,
         max_model_len=args.max_model_len,
         gpu_memory_utilization=args.gpu_memory_utilization,
+        threads=args.threads,
     )
 
 

@@ -79,11 +79,11 @@ def test_rollout_throughput_smoke(tmp_path):
 def test_train_throughput_smoke(tmp_path):
     bench = _load("train_throughput")
     out = tmp_path / "train.json"
-    assert bench.main(["--models", "embedded", "--shapes", "2x1", "--batch", "2", "--updates", "1",
+    assert bench.main(["--models", "embedded", "--shapes", "1x1", "--batch", "2", "--updates", "1",
                        "--matmul-n", "256", "--json", str(out)]) == 0  # fmt: skip
     data = json.loads(out.read_text())
     (r,) = data["results"]
-    assert r["world_size"] == 2 and r["tokens_per_s"] > 0 and r["peak_mb_per_rank"] > 50
+    assert r["world_size"] == 1 and r["tokens_per_s"] > 0 and r["peak_mb_per_rank"] > 50
     assert r["flops_per_s"] == pytest.approx(6 * r["params"] * r["tokens_per_s"])
     assert r["share_of_peak_all_threads"] == pytest.approx(r["flops_per_s"] / data["peak_flops_all_threads"])
 

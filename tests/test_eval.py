@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from steprl.chat import ChatEncoder
 from steprl.engines.base import Generation, RolloutEngine
@@ -231,7 +232,6 @@ class CountingEngine(RolloutEngine):
 @pytest.mark.slow
 def test_dfsdt_on_the_embedded_model_respects_the_budget(tiny_model_path, tokenizer):
     from steprl.engines.hf_engine import HFEngine
-    from workers.reward import score_trajectory
 
     atlas = get_suite("atlas")
     enc = _encoder(tokenizer, atlas)
@@ -241,6 +241,18 @@ def test_dfsdt_on_the_embedded_model_respects_the_budget(tiny_model_path, tokeni
     # every candidate fails and the search must backtrack until the width or the budget is used up
     budget = EpisodeBudget(max_turns=1, max_response_tokens=64, max_tokens_per_turn=12)
     env = ToolEnv()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # several OpenMP threads crawl when the machine's cores are all busy
+    try:
+        _search_until_budget_or_width(engine, env, enc, tasks, budget)
+    finally:
+        torch.set_num_threads(threads)
+    assert env.num_sessions == 0
+
+
+def _search_until_budget_or_width(engine, env, enc, tasks, budget):
+    from workers.reward import score_trajectory
+
     for width, max_calls, expected_calls in ((3, 2, 2), (2, 5, 2)):
         engine.prompts = 0
         trajs = run_dfsdt(engine, env, {"atlas": enc}, get_parser("hermes"), tasks, budget,
@@ -253,7 +265,6 @@ def test_dfsdt_on_the_embedded_model_respects_the_budget(tiny_model_path, tokeni
             assert all(not e["outcome"].startswith(("descend", "accepted")) for e in s["events"])
             score_trajectory(t, task, "rule", 1.0, True)
             assert t.is_solved in (0.0, 0.5, 1.0)
-    assert env.num_sessions == 0
 
 
 # ---- the CLI ---------------------------------------------------------------------------------------
@@ -263,15 +274,17 @@ def test_dfsdt_on_the_embedded_model_respects_the_budget(tiny_model_path, tokeni
 def test_cli_end_to_end_then_compare(tmp_path, tiny_model_path, capsys):
     out_a = tmp_path / "a.json"
     small = ["--engine", "hf", "--num-tasks", "3", "--max-turns", "2", "--max-tokens-per-turn", "12",
-             "--max-response-tokens", "48"]  # fmt: skip
+             "--max-response-tokens", "48", "--threads", "1"]  # fmt: skip
     proc = subprocess.run(
-        [sys.executable, "-m", "steprl.eval", "--model", "embedded", *small, "--output", str(out_a)],
+        [sys.executable, "-m", "steprl.eval", "--model", "embedded", *small, "--tool-server", "local",
+         "--output", str(out_a)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "pass rate" in proc.stdout and "tool-call success by index" in proc.stdout
     res = json.loads(out_a.read_text())
     assert res["meta"]["engine"] == "hf" and res["meta"]["decoder"] == "cot" and len(res["rows"]) == 3
+    assert res["meta"]["tool_server"] == "local"  # a FastAPI server in its own process, stopped at the end
     rows = res["rows"]
     assert res["aggregate"]["pass_rate"] == pytest.approx(sum(r["pass_score"] for r in rows) / 3)
     assert res["aggregate"]["end_reasons"] == {
