@@ -82,7 +82,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         "params": spec["params"],
         "episodes": n,
         "generated_tokens": generated,
-        "seconds": round(seconds, 3),
+        "seconds": seconds,
         "tokens_per_s": generated / seconds,
         "episodes_per_s": n / seconds,
         "turns_per_episode": sum(t.num_steps for t in trajs) / n,
