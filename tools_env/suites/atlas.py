@@ -60,14 +60,15 @@ def _world(num_countries: int = 24, seed: int = 1234) -> dict[str, dict[str, Any
         if name not in names:
             names.append(name)
     languages = ["Velish", "Tarnic", "Oskan", "Lumeric", "Draven"]
+    return {n: _draw_facts(rng, n, languages) for n in names}
+
+
+def _draw_facts(rng: random.Random, name: str, languages: list[str]) -> dict[str, Any]:
     return {
-        n: {
-            "population": rng.randint(10, 99),
-            "area": rng.randint(10, 99),
-            "capital": n[:3] + rng.choice(["ville", "burg", "port"]),
-            "language": rng.choice(languages),
-        }
-        for n in names
+        "population": rng.randint(10, 99),
+        "area": rng.randint(10, 99),
+        "capital": name[:3] + rng.choice(["ville", "burg", "port"]),
+        "language": rng.choice(languages),
     }
 
 
@@ -77,15 +78,7 @@ WORLD = _world()
 def shuffled_world(rng: random.Random) -> dict[str, dict[str, Any]]:
     """The bundled countries with freshly drawn facts: the same task shapes, none of the same answers."""
     languages = sorted({row["language"] for row in WORLD.values()})
-    return {
-        n: {
-            "population": rng.randint(10, 99),
-            "area": rng.randint(10, 99),
-            "capital": n[:3] + rng.choice(["ville", "burg", "port"]),
-            "language": rng.choice(languages),
-        }
-        for n in WORLD
-    }
+    return {n: _draw_facts(rng, n, languages) for n in WORLD}
 
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.USub: operator.neg}
