@@ -220,7 +220,19 @@ class Controller:
 
         by_id = merge_by_id(chunks, self.reward_pool.run(chunks, submit))
         out = [by_id[j] for j in ids]
-        self.reward_metrics = merge_metrics(ray.get([w.pop_metrics.remote() for w in self.reward_workers]))
+        self.reward_metrics = merge_metrics(self._pop_reward_metrics())
+        return out
+
+    def _pop_reward_metrics(self) -> list[dict[str, float]]:
+        """Each reward worker's counters; a worker that died after scoring loses its counters (not
+        its rewards, which are already here) and is replaced by the pool on its next call."""
+        refs = [w.pop_metrics.remote() for w in self.reward_workers]
+        out = []
+        for ref in refs:
+            try:
+                out.append(ray.get(ref))
+            except ray.exceptions.RayActorError:
+                continue
         return out
 
     def advantages(self, batch: Batch, data: dict[str, torch.Tensor]) -> dict[str, float]:

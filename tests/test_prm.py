@@ -162,7 +162,8 @@ def test_prm_source_scores_each_step_prefix(prm, encoder, atlas, tiny_model_path
                 assert traj.obs_mask[last] == 1
                 prefixes.append(ids[: len(traj.prompt_ids) + last + 1])
         expected = prm.score(prefixes)
-        assert [s.contribution for s in traj.steps if not s.is_final] == pytest.approx(expected, abs=1e-6)
+        # batched vs one-by-one float32 forward passes differ in the last bits
+        assert [s.contribution for s in traj.steps if not s.is_final] == pytest.approx(expected, abs=1e-5)
         assert traj.meta["reward_provenance"]["contribution"] == "prm"
         assert traj.step_rewards[:-1] == pytest.approx(
             [(s.succ_calling + s.contribution) / 2 for s in traj.steps[:-1]]
