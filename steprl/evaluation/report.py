@@ -32,7 +32,7 @@ def result_tables(result: dict[str, Any]) -> list[Table]:
         ),
         ("tool-call success rate (all calls)", agg["tool_success_rate"]),
         ("mean steps per episode", agg["mean_steps"]),
-        ("mean tool calls per episode", agg["mean_tool_calls"]),
+        ("mean tool steps per episode", agg["mean_tool_calls"]),
         ("mean response tokens per episode", agg["mean_response_tokens"]),
         ("mean generated tokens per episode", agg["mean_generated_tokens"]),
         ("end reasons", ", ".join(f"{k} {v}" for k, v in agg["end_reasons"].items())),
