@@ -172,7 +172,9 @@ class ETOConfig:
 class TRICEConfig:
     """TRICE stage 2: RRHF ranking of k candidates by execution feedback, plus SFT on the best."""
 
-    alpha: float = 100.0  # weight of the ranking term; rrhf_weight default of TRICE's stage-2 script
+    # weight of the ranking term. TRICE's stage-2 script uses 100 (rrhf_weight); with candidates sampled
+    # online from the embedded model, 100 collapsed the policy and 0.1 helped (docs/recipes.md)
+    alpha: float = 0.1
     lr: float = 1e-4
     length_penalty: float = 1.0  # p_i = sum log pi / |y_i| ** length_penalty
     tie_break_weight: float = 0.1  # score = IsSolved + w * mean tool-step reward (w < 0.5)
