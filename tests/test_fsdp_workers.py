@@ -66,6 +66,23 @@ def test_two_ranks_update_like_one(ray_cluster, tiny_model_path, tmp_path):
     assert torch.allclose(weights[1], weights[2], atol=2e-5)
 
 
+def test_policy_update_uses_actor_lr_after_sft(ray_cluster, tiny_model_path):
+    """An SFT phase sets its own learning rate; the PPO update after it runs at optim.actor_lr."""
+    from workers.fsdp import ActorWorker
+
+    cfg = StepRLConfig()
+    cfg.algorithm.ppo_epochs, cfg.algorithm.num_mini_batches = 1, 1
+    actor = _group(ActorWorker, 1, tiny_model_path, cfg)
+    try:
+        data = _batch()
+        actor.mean_metrics("sft_step", data, lr=5e-3)
+        data["old_logprobs"] = actor.gather_rows("compute_logprobs", data)
+        metrics = actor.mean_metrics("update_policy", data)
+    finally:
+        actor.shutdown()
+    assert metrics["actor/lr"] == cfg.optim.actor_lr
+
+
 def test_lora_actor_exports_merged_weights(ray_cluster, tiny_model_path, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -291,6 +291,7 @@ class ActorWorker(FSDPWorker):
     def update_policy(self, data: TensorDict, kl_coef: float = 0.0) -> dict[str, float]:
         """PPO epochs over mini-batches: clipped surrogate, optional entropy bonus and KL in the loss."""
         cfg = self.algo_cfg
+        self.set_lr(self.optim_cfg.actor_lr)  # an SFT phase before (cold start, RFT) left its own rate
 
         def loss_fn(mb: TensorDict, mask: torch.Tensor):
             logits = self._forward(mb).logits
@@ -300,6 +301,7 @@ class ActorWorker(FSDPWorker):
                 clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, agg=cfg.loss_agg,
             )  # fmt: skip
             metrics["pg_loss"] = float(loss)
+            metrics["lr"] = self.optimizer.param_groups[0]["lr"]
             if cfg.entropy_coef > 0:
                 entropy = masked_mean(entropy_from_logits(logits[:, :-1].float()), mask[:, 1:])
                 loss = loss - cfg.entropy_coef * entropy
@@ -314,8 +316,7 @@ class ActorWorker(FSDPWorker):
 
     def sft_step(self, data: TensorDict, lr: float) -> dict[str, float]:
         """One supervised step: mean negative log-likelihood of the action tokens (assistant turns)."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.set_lr(lr)
         self.model.train()
         data = trim_padding(data)
         mask = data["action_mask"].to(self.device)
