@@ -234,6 +234,7 @@ class TrainerConfig:
     total_iterations: int = 12
     tasks_per_iteration: int = 16
     eval_every: int = 0  # 0: only before and after RL
+    eval_start: bool = True  # evaluate the starting policy (off: runs that share one start evaluate it once)
     save_every: int = 0  # 0: only at the end
     run_dir: str = ""  # empty: runs/<recipe>-<timestamp>
     seed: int = 0

@@ -177,15 +177,16 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
             p.stage(f"resuming from {resume.path} (iteration {resume.iteration})")
             start_it = int(ctl.restore(resume.path)["iteration"])
         start_eval = resume.start_eval() if resume is not None else {}
-        if not start_eval:
+        if not start_eval and cfg.trainer.eval_start:
             p.stage(f"evaluating the starting policy on {len(ctl.test_tasks)} held-out tasks")
             start_eval = ctl.evaluate("start", seed=cfg.trainer.seed)
             ctl.logger.log(0, {**start_eval, "eval/pass_rate": start_eval["eval/start/pass_rate"]})
-        greedy = start_eval.get("eval/start/greedy_pass_rate")
-        p.stage(
-            f"held-out pass rate before RL: {start_eval['eval/start/pass_rate']:.3f}"
-            + (f" (greedy {greedy:.3f})" if greedy is not None else "")
-        )
+        if start_eval:
+            greedy = start_eval.get("eval/start/greedy_pass_rate")
+            p.stage(
+                f"held-out pass rate before RL: {start_eval['eval/start/pass_rate']:.3f}"
+                + (f" (greedy {greedy:.3f})" if greedy is not None else "")
+            )
         total = cfg.trainer.total_iterations
         p.stage(
             f"RL: {total} iterations x {cfg.trainer.tasks_per_iteration} tasks x {cfg.rollout.group_size} samples"
@@ -200,18 +201,18 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
             if cfg.trainer.save_every and it % cfg.trainer.save_every == 0 and it < total:
                 ctl.save_checkpoint(f"iter_{it:05d}", iteration=it)
         end_eval = (  # no iteration: the policy did not change since the first evaluation
-            ctl.evaluate("final", seed=cfg.trainer.seed)
-            if total > 0
-            else {k.replace("eval/start/", "eval/final/"): v for k, v in start_eval.items()}
+            {k.replace("eval/start/", "eval/final/"): v for k, v in start_eval.items()}
+            if total == 0 and start_eval
+            else ctl.evaluate("final", seed=cfg.trainer.seed)
         )
         ctl.logger.log(total, {**end_eval, "eval/pass_rate": end_eval["eval/final/pass_rate"]})
         ckpt = ctl.save_checkpoint("final", iteration=total)
         plot = plot_curves(ctl.logger.history, run_dir / "curves.png", curve_keys(), f"steprl {cfg.recipe}")
         summary.update(
             status="completed",
-            pass_rate_before_rl=start_eval["eval/start/pass_rate"],
+            pass_rate_before_rl=start_eval.get("eval/start/pass_rate"),
             pass_rate_after_rl=end_eval["eval/final/pass_rate"],
-            tool_success_before_rl=start_eval["eval/start/tool_success"],
+            tool_success_before_rl=start_eval.get("eval/start/tool_success"),
             tool_success_after_rl=end_eval["eval/final/tool_success"],
             final_checkpoint=str(ckpt),
             curves=str(plot) if plot else None,
@@ -225,13 +226,9 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
         summary.update(**timing_summary(ctl.logger.history), **memory_summary(ctl.logger.history))
         p.stage(
             f"held-out pass rate (T={cfg.rollout.eval_temperature:g}, {cfg.rollout.eval_samples} per task): "
-            f"{summary['pass_rate_before_rl']:.3f} after SFT -> {summary['pass_rate_after_rl']:.3f} after RL"
-            + (
-                f"; greedy {summary['greedy_pass_rate_before_rl']:.3f} -> {summary['greedy_pass_rate_after_rl']:.3f}"
-                # a run resumed from one that logged no greedy start evaluation has only the second
-                if None not in (summary["greedy_pass_rate_before_rl"], summary["greedy_pass_rate_after_rl"])
-                else ""
-            )
+            f"{_arrow(summary['pass_rate_before_rl'], summary['pass_rate_after_rl'])}"
+            # a run resumed from one that logged no greedy start evaluation has only the second
+            + f"; greedy {_arrow(summary['greedy_pass_rate_before_rl'], summary['greedy_pass_rate_after_rl'])}"
             + f" ({summary['seconds']:.0f}s); run directory {run_dir}"
         )
         return summary
@@ -241,6 +238,12 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
     finally:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         ctl.shutdown()
+
+
+def _arrow(before: float | None, after: float | None) -> str:
+    """``0.547 before RL -> 0.762 after RL``; a missing number (start not evaluated) is left out."""
+    parts = [f"{v:.3f} {when}" for v, when in ((before, "before RL"), (after, "after RL")) if v is not None]
+    return " -> ".join(parts) if parts else "not evaluated"
 
 
 def main(argv: list[str] | None = None) -> int:
