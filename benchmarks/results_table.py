@@ -109,7 +109,12 @@ def train_all(args: argparse.Namespace) -> None:
         t1 = time.time()
         print(f"[{i}/{len(jobs)}] {name} ...", flush=True)
         run_dir.parent.mkdir(parents=True, exist_ok=True)
-        run_main(overrides, run_dir, run_dir.parent / f"{run_dir.name}.log")
+        log = run_dir.parent / f"{run_dir.name}.log"
+        try:
+            run_main(overrides, run_dir, log)
+        except RuntimeError as e:  # e.g. killed by Ray's memory monitor while something else ran: once more
+            print(f"[{i}/{len(jobs)}] {name} failed, retrying once: {str(e).splitlines()[0]}", flush=True)
+            run_main(overrides, run_dir, log)
         s = _completed(run_dir) or {}
         print(
             f"[{i}/{len(jobs)}] {name}: held-out pass {s.get('pass_rate_after_rl', float('nan')):.3f} "
