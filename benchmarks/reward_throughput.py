@@ -28,27 +28,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from steprl.config import RewardConfig  # noqa: E402
-from steprl.engines.base import Generation, RolloutEngine  # noqa: E402
+from steprl.engines.replay import ReplayEngine  # noqa: E402
 from steprl.protocol import Trajectory  # noqa: E402
-
-
-class _Replay(RolloutEngine):
-    """Replays each episode's scripted assistant turns (an episode is known by its prompt ids)."""
-
-    def __init__(self, scripts: dict[tuple[int, ...], list[list[int]]]) -> None:
-        self.scripts, self.turn = scripts, dict.fromkeys(scripts, 0)
-
-    def generate(self, prompts, max_tokens, temperature, seed=None):
-        out = []
-        for p, m in zip(prompts, max_tokens, strict=True):
-            key = next(k for k in self.scripts if tuple(p[: len(k)]) == k)
-            ids = self.scripts[key][self.turn[key]][:m]
-            self.turn[key] += 1
-            out.append(Generation(ids, [0.0] * len(ids), True))
-        return out
-
-    def load_weights(self, weights_dir: str) -> None:
-        raise RuntimeError("a replay engine has no weights")
 
 
 def build_episodes(n: int, seed: int = 0) -> tuple[list[Trajectory], list[dict[str, Any]]]:
@@ -73,7 +54,9 @@ def build_episodes(n: int, seed: int = 0) -> tuple[list[Trajectory], list[dict[s
         for t in tasks
     }
     budget = EpisodeBudget(max_turns=8, max_response_tokens=900, max_tokens_per_turn=96)
-    trajs = run_episodes(_Replay(scripts), ToolEnv(), {"atlas": enc}, get_parser("hermes"), tasks, budget)
+    trajs = run_episodes(
+        ReplayEngine(scripts), ToolEnv(), {"atlas": enc}, get_parser("hermes"), tasks, budget
+    )
     return trajs, [t.to_dict() for t in tasks]
 
 

@@ -114,6 +114,10 @@ class AlgorithmConfig:
     ppo_epochs: int = 2
     num_mini_batches: int = 2
     use_critic: bool = True
+    # truncated importance sampling of rollouts from an older policy (steprl.algorithms.off_policy):
+    # auto (on with trainer.async_rollout) | on | off; each token's loss is weighted by min(ratio, cap)
+    rollout_is: str = "auto"
+    rollout_is_cap: float = 2.0
 
 
 @dataclass
@@ -243,6 +247,8 @@ class TrainerConfig:
     save_rollouts: bool = False  # write every scored rollout batch to <run_dir>/rollouts/iter_XXXXX.parquet
     resume: str = "never"  # never | auto (newest complete checkpoint of run_dir) | <checkpoint dir>
     max_worker_restarts: int = 3  # per rollout/reward worker and tool server; then the run stops
+    # one-step-off-policy: batch k+1 generates while batch k trains (PPO-family methods; docs/cluster.md)
+    async_rollout: bool = False
 
 
 @dataclass
@@ -490,6 +496,15 @@ def validate(cfg: Any) -> StepRLConfig:
     _check(c.trainer.tasks_per_iteration >= 1, "trainer.tasks_per_iteration", "must be >= 1")
     _check(bool(c.trainer.resume), "trainer.resume", "must be never, auto or a checkpoint directory")
     _check(c.trainer.max_worker_restarts >= 0, "trainer.max_worker_restarts", "must be >= 0")
+    _check(c.algorithm.rollout_is in ("auto", "on", "off"), "algorithm.rollout_is", "must be auto, on or off")
+    _check(c.algorithm.rollout_is_cap > 0, "algorithm.rollout_is_cap", "must be > 0")
+    if c.trainer.async_rollout:
+        _check(
+            method.supports_async and c.data.format != "steptool_csv",
+            "trainer.async_rollout",
+            f"needs a method that trains on its own rollouts through the shared PPO iteration "
+            f"(trainer.method={c.trainer.method}, data.format={c.data.format})",
+        )
     _check(
         c.data.train_tasks >= c.trainer.tasks_per_iteration,
         "data.train_tasks",

@@ -11,6 +11,7 @@ import random
 import shutil
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 from steprl.algorithms.advantages import AdvantageConfig, compute_advantages
 from steprl.algorithms.kl import AdaptiveKLController, FixedKLController, apply_kl_in_reward
 from steprl.algorithms.losses import kl_penalty, masked_mean, masked_whiten
+from steprl.algorithms.off_policy import truncated_is_weights
 from steprl.algorithms.rewards import RunningRewardNormalizer
 from steprl.checkpoint import (
     FORMAT_VERSION,
@@ -94,6 +96,20 @@ class Controller:
         # checkpoint under their name, and shut down with the rest
         self.extra_groups: dict[str, WorkerGroup] = {}
         self.policy_path = model_path  # what the rollout/ref/critic workers started from (after SFT)
+        # asynchronous rollouts (trainer.async_rollout): the next batch generates in a driver thread while
+        # this one trains; versions count actor updates and what the rollout engines hold
+        self.actor_version = self.rollout_version = 0
+        self.pending: Future | None = None  # (trajectories, stats, policy version) of the next batch
+        self.pending_tasks: list[Task] = []
+        self.resume_tasks: list[Task] = []  # the in-flight batch's tasks at the checkpoint (resume)
+        self._background = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="steprl-rollout")
+            if cfg.trainer.async_rollout
+            else None
+        )
+        self.use_is = cfg.algorithm.rollout_is == "on" or (
+            cfg.algorithm.rollout_is == "auto" and cfg.trainer.async_rollout
+        )
 
     # ---- setup -------------------------------------------------------------------------------
     def _group(self, cls: type, wcfg: Any, path: str, name: str) -> WorkerGroup:
@@ -179,7 +195,12 @@ class Controller:
 
     # ---- stages ------------------------------------------------------------------------------
     def generate(
-        self, tasks: list[Task], group_size: int, temperature: float, seed: int
+        self,
+        tasks: list[Task],
+        group_size: int,
+        temperature: float,
+        seed: int,
+        timer: StageTimer | None = None,
     ) -> tuple[list[Trajectory], dict]:
         """Episodes for every task ``group_size`` times, spread over the rollout workers.
 
@@ -206,7 +227,7 @@ class Controller:
             "rollout/generated_tokens": sum(st["rollout/generated_tokens"] for _, st in results),
             "rollout/seconds": max((st["rollout/seconds"] for _, st in results), default=0.0),
         }
-        with self.timer("reward"):
+        with (timer or self.timer)("reward"):
             scored = self.score(trajs, [tasks[ti] for ti, _ in ids])
         return scored, stats
 
@@ -260,17 +281,29 @@ class Controller:
     def logprobs(
         self, batch: Batch, data: dict[str, torch.Tensor]
     ) -> tuple[dict[str, float], torch.Tensor | None]:
-        """Actor (and reference) log-probs into ``data``; returns the KL metric and the KL token rewards
-        (``-coef * kl`` on action tokens when ``algorithm.kl_in == "reward"``, else None)."""
+        """Actor (and reference) log-probs into ``data``, and the truncated IS weights when they are on;
+        returns the KL metric and the KL token rewards (``-coef * kl`` on action tokens when
+        ``algorithm.kl_in == "reward"``, else None)."""
         with self.timer("actor_forward"):
             data["old_logprobs"] = self.actor.gather_rows("compute_logprobs", data)
         metrics: dict[str, float] = {}
+        weights = None
+        if self.use_is:  # rollouts of an older policy: weight each token's loss by min(pi_old/pi_rollout, C)
+            weights, is_metrics = truncated_is_weights(
+                data["old_logprobs"],
+                batch.rollout_logprobs,
+                batch.action_mask,
+                self.cfg.algorithm.rollout_is_cap,
+            )
+            data["is_weights"] = weights
+            metrics.update({f"offpolicy/{k}": v for k, v in is_metrics.items()})
         extra = None
         if self.ref is not None:
             with self.timer("ref_forward"):
                 data["ref_logprobs"] = self.ref.gather_rows("compute_logprobs", data)
             kl = kl_penalty(data["old_logprobs"], data["ref_logprobs"], self.cfg.algorithm.kl_kind)
-            metrics["kl"] = float(masked_mean(kl, batch.action_mask))
+            # an estimate under pi_old: the sampled tokens came from the rollout policy
+            metrics["kl"] = float(masked_mean(kl if weights is None else kl * weights, batch.action_mask))
             if self.cfg.algorithm.kl_in == "reward":
                 extra = apply_kl_in_reward(torch.zeros_like(kl), kl, self.kl_ctl.value, batch.action_mask)
         return metrics, extra
@@ -280,7 +313,76 @@ class Controller:
         self.actor.call_all("save_hf", str(self.sync_dir))
         self.weights_synced = True  # from now on a re-created rollout worker loads these weights too
         ray.get([w.load_weights.remote(str(self.sync_dir)) for w in self.rollout_workers])
+        self.rollout_version = self.actor_version
         return time.time() - t0
+
+    # ---- asynchronous rollouts ---------------------------------------------------------------
+    def rollout_batch(self, it: int) -> tuple[list[Trajectory], dict, dict[str, float]]:
+        """This iteration's scored rollouts.
+
+        Synchronous: generated now by the current policy. Asynchronous (``trainer.async_rollout``): the
+        batch that generated during the previous iteration's training (one policy update behind; the
+        truncated IS weights correct for it), and the next batch starts generating now, in a driver
+        thread, overlapping this iteration's forward passes and updates. Returns the trajectories, rollout
+        stats and the reward workers' metrics of this batch (not of the one generating meanwhile).
+        """
+        c = self.cfg
+        if self._background is None:
+            trajs, stats = self.generate(
+                self.next_tasks(), c.rollout.group_size, c.rollout.temperature, self._seed(it)
+            )
+            return trajs, stats, self.reward_metrics
+        if self.pending is None:  # the first iteration (or the first after a resume)
+            self._submit(it)
+        t0 = time.time()
+        trajs, stats, version, reward_metrics = self.pending.result()
+        wait = time.time() - t0
+        self.pending = None
+        sync = self.ensure_synced()  # the engines are idle: give them the newest policy
+        if it < c.trainer.total_iterations:
+            self._submit(it + 1)
+        stats = {
+            **stats,
+            "async/rollout_wait_seconds": wait,
+            "async/staleness": float(self.actor_version - version),
+            "time/sync": sync,
+        }
+        return trajs, stats, reward_metrics
+
+    def _seed(self, it: int) -> int:
+        return self.cfg.trainer.seed * 100003 + it * 977
+
+    def _submit(self, it: int) -> None:
+        c = self.cfg
+        tasks, self.resume_tasks = (self.resume_tasks or self.next_tasks()), []
+        self.pending_tasks = tasks
+        version = self.rollout_version
+
+        def work() -> tuple[list[Trajectory], dict, int, dict[str, float]]:
+            t0 = time.time()
+            trajs, stats = self.generate(
+                tasks, c.rollout.group_size, c.rollout.temperature, self._seed(it), timer=StageTimer()
+            )
+            # the reward metrics this thread just set (the main thread never scores while a batch is in flight)
+            return (
+                trajs,
+                {**stats, "async/background_seconds": time.time() - t0},
+                version,
+                self.reward_metrics,
+            )
+
+        self.pending = self._background.submit(work)
+
+    def ensure_synced(self) -> float:
+        """Sync the actor's weights to the rollout engines if they hold an older policy (seconds taken)."""
+        return self.sync_weights() if self.actor_version > self.rollout_version else 0.0
+
+    def wait_rollouts(self) -> None:
+        """Let an in-flight batch finish (it is kept for the next iteration) and sync the newest policy:
+        evaluation and the end of training need the engines idle and current."""
+        if self.pending is not None:
+            self.pending.result()
+        self.ensure_synced()
 
     def fault_metrics(self) -> dict[str, float]:
         """Restarts so far (cumulative over the run) of rollout / reward workers and the tool server."""
@@ -318,6 +420,7 @@ class Controller:
         """Held-out metrics of the policy as sampled (``rollout.eval_samples`` per task at
         ``rollout.eval_temperature``: what RL optimizes), plus greedy decoding as ``greedy_*``."""
         c = self.cfg.rollout
+        self.wait_rollouts()
         trajs, _ = self.generate(self.test_tasks, c.eval_samples, c.eval_temperature, seed)
         out = episode_metrics(trajs, prefix=f"eval/{tag}/")
         if c.eval_temperature > 0:
@@ -347,17 +450,11 @@ class Controller:
         self.timer.reset()  # stages run between iterations (evaluation) do not count
         t0 = time.time()
         if trajectories is None:
-            trajs, rstats = self.generate(
-                self.next_tasks(),
-                self.cfg.rollout.group_size,
-                self.cfg.rollout.temperature,
-                seed=self.cfg.trainer.seed * 100003 + it * 977,
-            )
+            trajs, rstats, reward_metrics = self.rollout_batch(it)
         else:
             trajs, rstats = trajectories, {"rollout/generated_tokens": 0, "rollout/seconds": 0.0}
-            self.reward_metrics = {}
+            reward_metrics = {}
         times["time/rollout"] = time.time() - t0
-        reward_metrics = self.reward_metrics
         if self.cfg.trainer.save_rollouts:  # the scored batch, token-exact, as an offline dataset
             write_trajectories_parquet(trajs, self.run_dir / "rollouts" / f"iter_{it:05d}.parquet")
         batch = collate(trajs, self.pad_id)
@@ -377,14 +474,21 @@ class Controller:
         times["time/update"] = time.time() - t2
         if "kl" in metrics:
             self.kl_ctl.update(metrics["kl"], batch.size)
-        times["time/sync"] = self.sync_weights()
+        self.actor_version += 1
+        if self._background is None:
+            times["time/sync"] = self.sync_weights()
+        else:  # the sync ran before the next batch was submitted (rollout_batch), inside time/rollout
+            times["time/sync"] = rstats.pop("time/sync", 0.0)
+            times["time/rollout"] -= times["time/sync"]
         metrics.update(self.peak_memory())
         times.update(self.timer.reset())
         times["time/rollout"] -= times.get("time/reward", 0.0)  # generate() scores too
         times["time/iteration"] = time.time() - t0
         times = with_overhead(times)  # time/overhead: the controller's own share of the iteration
         gen = rstats["rollout/generated_tokens"]
+        async_stats = {k: v for k, v in rstats.items() if k.startswith("async/")}
         return {
+            **async_stats,
             **episode_metrics(trajs, prefix="train/"),
             **metrics,
             **times,
@@ -426,6 +530,8 @@ class Controller:
             "kl": self.kl_ctl.state_dict(),
             "reward_normalizer": self.reward_normalizer.state_dict() if self.reward_normalizer else None,
             "sft_done": getattr(self, "sft_done", False),
+            # asynchronous rollouts: the tasks of the batch in flight (drawn, not yet trained on)
+            "pending_tasks": [t.task_id for t in self.pending_tasks] if self.pending is not None else [],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -439,6 +545,7 @@ class Controller:
         if self.reward_normalizer is not None and state.get("reward_normalizer"):
             self.reward_normalizer.load_state_dict(state["reward_normalizer"])
         self.sft_done = bool(state.get("sft_done", False))
+        self.resume_tasks = [by_id[i] for i in state.get("pending_tasks", [])]
 
     def restore(self, ckpt: Path) -> dict[str, Any]:
         """Continue from ``ckpt`` once the workers run: actor/critic model + optimizer + RNG states,
@@ -470,6 +577,8 @@ class Controller:
             self.reward_pool.create = create  # a restarted worker keeps the new configuration
 
     def shutdown(self) -> None:
+        if self._background is not None:  # a batch still in flight (a failed run) is abandoned
+            self._background.shutdown(wait=False, cancel_futures=True)
         for g in (self.actor, self.ref, self.critic, *self.extra_groups.values()):
             if g is not None:
                 g.shutdown()

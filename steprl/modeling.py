@@ -13,7 +13,8 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tenso
     """``out[b, t] = log p(input_ids[b, t] | < t)``; position 0 has no prediction and is 0."""
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     picked = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return torch.cat([torch.zeros_like(picked[:, :1]), picked], dim=1)
+    first = torch.zeros(picked.shape[0], 1, dtype=picked.dtype, device=picked.device)
+    return torch.cat([first, picked], dim=1)  # as wide as input_ids, also for one-token rows
 
 
 def shard_rows(data: TensorDict, num_shards: int) -> list[TensorDict]:

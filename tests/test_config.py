@@ -30,6 +30,9 @@ def _run_main(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
         (["rollout.engine=tgi"], "rollout.engine"),
         (["algorithm.estimator=nope"], "algorithm.estimator"),
         (["recipe=does_not_exist"], "does_not_exist"),
+        (["recipe=rft", "trainer.async_rollout=true"], "trainer.async_rollout"),
+        (["algorithm.rollout_is=sometimes"], "algorithm.rollout_is"),
+        (["algorithm.rollout_is_cap=0"], "algorithm.rollout_is_cap"),
     ],
 )
 def test_config_errors_name_the_key(args, needle):

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from steprl.config import RewardConfig
-from steprl.engines.base import Generation, RolloutEngine
+from steprl.engines.replay import ReplayEngine
 from steprl.episode import EpisodeBudget, run_episodes
 from steprl.reward_sources import RewardPipeline
 from steprl.reward_sources.judge_client import cache_key
@@ -71,23 +71,6 @@ def vllm_url(tiny_model_path, tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-class ReplayEngine(RolloutEngine):
-    def __init__(self, scripts):
-        self.scripts, self.turn = scripts, dict.fromkeys(scripts, 0)
-
-    def generate(self, prompts, max_tokens, temperature, seed=None):
-        out = []
-        for p, m in zip(prompts, max_tokens, strict=True):
-            key = next(k for k in self.scripts if tuple(p[: len(k)]) == k)
-            ids = self.scripts[key][self.turn[key]][:m]
-            self.turn[key] += 1
-            out.append(Generation(ids, [0.0] * len(ids), True))
-        return out
-
-    def load_weights(self, weights_dir):
-        raise RuntimeError("a replay engine has no weights")
 
 
 @pytest.fixture(scope="module")

@@ -143,3 +143,13 @@ def test_apply_kl_in_reward_only_on_action_tokens():
     mask = torch.tensor([[True, False, True]])
     # r - 0.1 * 0.5 on action tokens: [-0.05, 0 (observation), 0.95]
     assert apply_kl_in_reward(rewards, kl, 0.1, mask)[0].tolist() == pytest.approx([-0.05, 0.0, 0.95])
+
+
+def test_token_logprobs_golden_and_one_token_rows():
+    from steprl.modeling import token_logprobs
+
+    logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [1 / 3, 1 / 3, 1 / 3]]]))
+    out = token_logprobs(logits, torch.tensor([[0, 1, 2]]))
+    # position 0 has no prediction; token 1 given position 0: log 0.25; token 2 given position 1: log 0.1
+    assert out.tolist()[0] == pytest.approx([0.0, math.log(0.25), math.log(0.1)], abs=1e-6)
+    assert token_logprobs(torch.zeros(2, 1, 3), torch.tensor([[1], [2]])).shape == (2, 1)

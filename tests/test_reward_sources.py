@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from steprl.config import ConfigError, RewardConfig, StepRLConfig, validate
-from steprl.engines.base import Generation, RolloutEngine
+from steprl.engines.replay import ReplayEngine
 from steprl.episode import EpisodeBudget, run_episodes
 from steprl.protocol import StepRecord, Trajectory
 from steprl.reward_sources import REWARD_SOURCES, RewardPipeline, register_reward_source
@@ -33,25 +33,6 @@ STATUS = {"Solved": 1.0, "Unsure": 0.5, "Unsolved": 0.0}
 PUBLISHED = Path("/work/shared/data/steptool/data/reward_annotation/qwen2/G123_example_5.json")
 
 
-class ReplayEngine(RolloutEngine):
-    """Replays scripted assistant turns; an episode is known by its prompt ids."""
-
-    def __init__(self, scripts: dict[tuple[int, ...], list[list[int]]]) -> None:
-        self.scripts, self.turn = scripts, dict.fromkeys(scripts, 0)
-
-    def generate(self, prompts, max_tokens, temperature, seed=None):
-        out = []
-        for p, m in zip(prompts, max_tokens, strict=True):
-            key = next(k for k in self.scripts if tuple(p[: len(k)]) == k)
-            ids = self.scripts[key][self.turn[key]][:m]
-            self.turn[key] += 1
-            out.append(Generation(ids, [-0.5] * len(ids), True))
-        return out
-
-    def load_weights(self, weights_dir):
-        raise RuntimeError("a replay engine has no weights")
-
-
 def play(encoder, atlas, tasks, turns):
     """Real episodes (real tool calls in a ToolEnv) whose assistant turns are scripted."""
     scripts = {
@@ -59,7 +40,7 @@ def play(encoder, atlas, tasks, turns):
         for t, ts in zip(tasks, turns, strict=True)
     }
     return run_episodes(
-        ReplayEngine(scripts),
+        ReplayEngine(scripts, logprob=-0.5),
         ToolEnv(),
         {"atlas": encoder},
         get_parser("hermes"),

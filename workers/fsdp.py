@@ -296,9 +296,12 @@ class ActorWorker(FSDPWorker):
         def loss_fn(mb: TensorDict, mask: torch.Tensor):
             logits = self._forward(mb).logits
             logprobs = token_logprobs(logits, mb["input_ids"].to(self.device))
+            # truncated IS weights of rollouts from an older policy (asynchronous rollouts)
+            weights = mb["is_weights"].to(self.device) if "is_weights" in mb else None
             loss, metrics = ppo_policy_loss(
                 logprobs, mb["old_logprobs"].to(self.device), mb["advantages"].to(self.device), mask,
                 clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, agg=cfg.loss_agg,
+                is_weights=weights,
             )  # fmt: skip
             metrics["pg_loss"] = float(loss)
             metrics["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -307,7 +310,8 @@ class ActorWorker(FSDPWorker):
                 loss = loss - cfg.entropy_coef * entropy
                 metrics["entropy"] = float(entropy)
             if cfg.kl_in == "loss" and "ref_logprobs" in mb and kl_coef > 0:
-                kl = masked_mean(kl_penalty(logprobs, mb["ref_logprobs"].to(self.device), cfg.kl_kind), mask)
+                kl = kl_penalty(logprobs, mb["ref_logprobs"].to(self.device), cfg.kl_kind)
+                kl = masked_mean(kl if weights is None else kl * weights, mask)
                 loss = loss + kl_coef * kl
                 metrics["kl_loss"] = float(kl)
             return loss, metrics

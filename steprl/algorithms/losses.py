@@ -84,8 +84,12 @@ def ppo_policy_loss(
     clip_high: float = 0.2,
     dual_clip: float | None = None,
     agg: str = "token-mean",
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped PPO surrogate ``max(-A r, -A clip(r, 1-clip_low, 1+clip_high))``.
+
+    ``is_weights`` (no gradient) multiply each token's loss: the truncated importance weights of
+    rollouts sampled by an older policy (``steprl.algorithms.off_policy``, asynchronous rollouts).
 
     ``dual_clip`` = c > 1 (Ye et al. 2020) additionally caps the loss at ``-A c`` for A < 0, so one
     token whose ratio exploded cannot dominate the batch. Metrics: ``clipfrac`` (fraction of
@@ -105,6 +109,8 @@ def ppo_policy_loss(
         dual_active = (advantages < 0) & (loss_mat > -advantages * dual_clip)
         loss_mat = torch.where(advantages < 0, capped, loss_mat)
         metrics["dual_clipfrac"] = float(masked_mean(dual_active.float(), mask))
+    if is_weights is not None:
+        loss_mat = loss_mat * is_weights.detach()
     loss = aggregate(loss_mat, mask, agg)
     with torch.no_grad():
         metrics["clipfrac"] = float(masked_mean((loss_clipped > loss_unclipped).float(), mask))

@@ -24,6 +24,8 @@ class Method:
     needs_ref = False  # start the reference worker even when algorithm.kl_coef == 0 (e.g. DPO)
     # data.format values this method accepts ("steptool_sft_json" feeds the shared SFT cold start)
     data_formats: tuple[str, ...] = ("suite", "steptool_sft_json")
+    # trainer.async_rollout: the method gets its rollouts from Controller.rollout_batch (one step off)
+    supports_async = False
 
     def actor_class(self) -> type | None:
         """The actor worker class, if the method needs more than ``workers.fsdp.ActorWorker``."""

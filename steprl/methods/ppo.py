@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 @register_method("ppo")
 class PPO(Method):
     data_formats = ("suite", "steptool_sft_json", "steptool_csv")
+    supports_async = True  # Controller.iteration takes its batch from rollout_batch
 
     def setup(self, ctl: Controller) -> None:
         self.offline = None
