@@ -17,6 +17,11 @@ Procedure (what makes the rows comparable):
    held-out tasks, temperature 1; Solved 1, Unsure 0.5, Unsolved 0), greedy pass rate, tool-call
    success per tool step. Mean +- sample standard deviation over seeds. Learning curves: the training
    pass rate per iteration (``metrics.jsonl``), mean and band of one std over seeds.
+5. Where the episodes fail: ``python -m steprl.eval`` (transformers engine, temperature 1, 64 held-out
+   tasks) of the SFT start and of the final StepTool and PPO (final reward) policies of every seed,
+   each episode sorted into solved, failed with a failed tool call, failed after a step that did not
+   contribute (Contribution 0: a wrong field or entity looked up), failed with every step contributing
+   (a slip in the answer itself), or no answer; plus non-contributing steps per episode.
 
 Finished runs are kept and not run again (a run without ``"status": "completed"`` is deleted and
 rerun), so an interrupted table continues where it stopped. The generated part of ``docs/RESULTS.md``
@@ -163,6 +168,64 @@ def collect(out: Path, seeds: list[int]) -> dict[str, dict[str, Any]]:
     return rows
 
 
+FAILURE_RECIPES = ("sft", "ppo_final", "steptool")
+FAILURE_KINDS = {
+    "solved": "solved",
+    "failed_call": "failed, a tool call failed",
+    "wasted_step": "failed, a step contributed nothing",
+    "answer_slip": "failed, every step contributed",
+    "no_answer": "no answer (budget)",
+}
+
+
+def failure_modes(out: Path, seeds: list[int], run_evals: bool) -> dict[str, dict[str, float]]:
+    """Per recipe in FAILURE_RECIPES: the share of episodes of each kind and non-contributing steps per
+    episode, over the seeds' final policies (the SFT start once per seed's evaluation seed)."""
+    analysis = out / "analysis"
+    analysis.mkdir(parents=True, exist_ok=True)
+    result: dict[str, dict[str, float]] = {}
+    for recipe in FAILURE_RECIPES:
+        rows: list[dict[str, Any]] = []
+        for seed in seeds:
+            model = (
+                out / "sft" / "checkpoints" / "sft" / "actor"
+                if recipe == "sft"
+                else out / recipe / f"seed{seed}" / "checkpoints" / "final" / "actor"
+            )
+            path = analysis / f"{recipe}-seed{seed}.json"
+            if not path.exists() and run_evals and model.is_dir():
+                cmd = [sys.executable, "-m", "steprl.eval", "--model", str(model), "--engine", "hf"]
+                cmd += ["--temperature", "1", "--num-tasks", "64", "--seed", str(seed), "--threads", "1"]
+                subprocess.run([*cmd, "--output", str(path)], cwd=REPO, capture_output=True, check=True)
+            if path.exists():
+                rows += json.loads(path.read_text())["rows"]
+        if rows:
+            result[recipe] = classify(rows)
+    return result
+
+
+def classify(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Shares of FAILURE_KINDS over evaluation rows, and non-contributing tool steps per episode."""
+    counts = dict.fromkeys(FAILURE_KINDS, 0)
+    wasted_steps = 0
+    for r in rows:
+        tool_steps = [s for s in r["steps"] if not s["is_final"]]
+        wasted = [s for s in tool_steps if s["contribution"] <= 0]
+        wasted_steps += len(wasted)
+        if r["pass_score"] >= 1.0:
+            counts["solved"] += 1
+        elif r["end_reason"] != "answer":
+            counts["no_answer"] += 1
+        elif any(s["succ_calling"] < 1.0 for s in tool_steps):
+            counts["failed_call"] += 1
+        elif wasted:
+            counts["wasted_step"] += 1
+        else:
+            counts["answer_slip"] += 1
+    n = len(rows)
+    return {**{k: v / n for k, v in counts.items()}, "wasted_steps": wasted_steps / n, "episodes": float(n)}
+
+
 def episodes_per_run(run_dir: Path) -> int:
     """Training episodes sampled over the run, from its resolved config (tasks x samples x iterations)."""
     from omegaconf import OmegaConf
@@ -220,7 +283,30 @@ def verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def render(rows: dict[str, dict[str, Any]], args: argparse.Namespace, plot_path: Path, doc: Path) -> str:
+def render_failures(modes: dict[str, dict[str, float]]) -> list[str]:
+    if not modes:
+        return []
+    label = {recipe: name for name, recipe in ROWS}
+    head = " | ".join(FAILURE_KINDS.values())
+    lines = [
+        "Where episodes fail (`python -m steprl.eval`, T=1, 64 held-out tasks per seed; shares of episodes):",
+        "",
+        f"| policy | episodes | {head} | non-contributing steps / episode |",
+        "| --- | --- | " + " | ".join("---" for _ in FAILURE_KINDS) + " | --- |",
+    ]
+    for recipe, m in modes.items():
+        cells = " | ".join(f"{m[k]:.3f}" for k in FAILURE_KINDS)
+        lines.append(f"| {label[recipe]} | {int(m['episodes'])} | {cells} | {m['wasted_steps']:.2f} |")
+    return [*lines, ""]
+
+
+def render(
+    rows: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+    plot_path: Path,
+    doc: Path,
+    modes: dict[str, dict[str, float]],
+) -> str:
     lines = [
         BEGIN,
         "",
@@ -247,6 +333,7 @@ def render(rows: dict[str, dict[str, Any]], args: argparse.Namespace, plot_path:
         "",
         *verdict(rows),
         "",
+        *render_failures(modes),
         f"![learning curves]({os.path.relpath(plot_path, doc.parent)})",
         "",
         END,
@@ -286,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no finished runs under {args.out}", file=sys.stderr)
         return 1
     plot(rows, args.plot)
-    write_doc(args.doc, render(rows, args, args.plot, args.doc))
+    modes = failure_modes(args.out, args.seeds, run_evals=not args.report_only)
+    write_doc(args.doc, render(rows, args, args.plot, args.doc, modes))
     print(f"wrote {args.doc} and {args.plot}")
     return 0
 
