@@ -329,7 +329,7 @@ class Controller:
         c = self.cfg
         if self._background is None:
             trajs, stats = self.generate(
-                self.next_tasks(), c.rollout.group_size, c.rollout.temperature, self._seed(it)
+                self._draw_tasks(), c.rollout.group_size, c.rollout.temperature, self._seed(it)
             )
             return trajs, stats, self.reward_metrics
         if self.pending is None:  # the first iteration (or the first after a resume)
@@ -349,13 +349,17 @@ class Controller:
         }
         return trajs, stats, reward_metrics
 
+    def _draw_tasks(self) -> list[Task]:
+        """The next batch's tasks: first those in flight when the resumed checkpoint was written."""
+        tasks, self.resume_tasks = (self.resume_tasks or self.next_tasks()), []
+        return tasks
+
     def _seed(self, it: int) -> int:
         return self.cfg.trainer.seed * 100003 + it * 977
 
     def _submit(self, it: int) -> None:
         c = self.cfg
-        tasks, self.resume_tasks = (self.resume_tasks or self.next_tasks()), []
-        self.pending_tasks = tasks
+        tasks = self.pending_tasks = self._draw_tasks()
         version = self.rollout_version
 
         def work() -> tuple[list[Trajectory], dict, int, dict[str, float]]:
