@@ -260,25 +260,30 @@ def plot(rows: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def curve_means(r: dict[str, Any]) -> list[float]:
+    """Per seed: the training pass rate averaged over its iterations (how fast it learned)."""
+    return [sum(c.values()) / len(c) for c in r["curves"] if c]
+
+
 def verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
     """Does StepTool beat PPO (final reward) and SFT by more than the spread (the two stds added)?"""
     lines = []
     if "steptool" not in rows:
         return lines
-    st_m, st_s = mean_std(rows["steptool"]["pass"])
-    for other, label in (("ppo_final", "PPO (final reward)"), ("sft", "SFT")):
-        if other not in rows:
+    comparisons = [
+        ("ppo_final", "PPO (final reward)", "held-out pass rate", lambda r: r["pass"]),
+        ("sft", "SFT", "held-out pass rate", lambda r: r["pass"]),
+        ("ppo_final", "PPO (final reward)", "training pass rate, mean of iterations", curve_means),
+    ]
+    for other, label, what, values in comparisons:
+        if other not in rows or not values(rows[other]):
             continue
-        m, s = mean_std(rows[other]["pass"])
+        (st_m, st_s), (m, s) = mean_std(values(rows["steptool"])), mean_std(values(rows[other]))
         diff, spread = st_m - m, st_s + s
-        outcome = (
-            "beats it by more than the spread"
-            if diff > spread
-            else "does NOT beat it by more than the spread"
-        )
+        outcome = "beats it by more than" if diff > spread else "does NOT beat it by more than"
         lines.append(
-            f"- StepTool vs {label}: {st_m:.3f} - {m:.3f} = {diff:+.3f} held-out pass rate; spread "
-            f"(std + std) {spread:.3f}: StepTool {outcome}."
+            f"- StepTool vs {label}, {what}: {st_m:.3f} - {m:.3f} = {diff:+.3f}; spread (std + std) "
+            f"{spread:.3f}: StepTool {outcome} the spread."
         )
     return lines
 
@@ -314,18 +319,25 @@ def render(
         f"--iterations {args.iterations} --seeds {' '.join(map(str, args.seeds))}`"
         f" (run directories under `{args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}`).",
         "",
-        "| method | recipe | held-out pass (T=1, 4 x 64) | greedy pass | tool-call success | training episodes | seeds | minutes / run |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| method | recipe | held-out pass (T=1, 4 x 64) | greedy pass | tool-call success "
+        "| training pass, mean of iterations | training episodes | seeds | minutes / run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for label, recipe in ROWS:
         r = rows.get(recipe)
         if not r:
-            lines.append(f"| {label} | `{recipe}` | not run | | | | | |")
+            lines.append(f"| {label} | `{recipe}` | not run | | | | | | |")
             continue
         cells = []
         for key in ("pass", "greedy", "tool"):
             m, s = mean_std(r[key])
             cells.append(f"{m:.3f} ± {s:.3f}")
+        # how fast it learned: the training pass rate averaged over the iterations (area under the curve)
+        if curve_means(r):
+            m, s = mean_std(curve_means(r))
+            cells.append(f"{m:.3f} ± {s:.3f}")
+        else:
+            cells.append("-")
         minutes = f"{mean_std(r['seconds'])[0] / 60:.1f}" if r.get("seconds") else "-"
         seeds = ",".join(map(str, r["seeds"]))
         lines.append(f"| {label} | `{recipe}` | {' | '.join(cells)} | {r['budget']} | {seeds} | {minutes} |")
