@@ -62,10 +62,8 @@ SFT_SOURCE = "steptool"  # whose start evaluation is the SFT row
 
 def run_main(overrides: list[str], run_dir: Path, log: Path) -> None:
     """``python -m steprl.main`` in a subprocess; a failed run raises with the end of its log."""
-    if run_dir.exists() and _completed(run_dir) is None:
-        shutil.rmtree(run_dir)  # an interrupted or failed attempt: start it over
-    if _completed(run_dir) is not None:
-        return
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an interrupted or failed attempt (finished runs are not run again)
     cmd = [sys.executable, "-m", "steprl.main", *overrides, f"trainer.run_dir={run_dir}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(log, "w") as f:
@@ -145,11 +143,7 @@ def collect(out: Path, seeds: list[int]) -> dict[str, dict[str, Any]]:
             s = _completed(run_dir)
             if s is None:
                 continue
-            r = rows.setdefault(recipe, {"seeds": [], "pass": [], "greedy": [], "tool": [], "curves": []})
-            r["seeds"].append(seed)
-            r["pass"].append(s["pass_rate_after_rl"])
-            r["greedy"].append(s["greedy_pass_rate_after_rl"])
-            r["tool"].append(s["tool_success_after_rl"])
+            r = _add_seed(rows, recipe, seed, s, "after_rl")
             r["seconds"] = r.get("seconds", []) + [s["seconds"]]
             r["budget"] = episodes_per_run(run_dir)
             history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -157,15 +151,18 @@ def collect(out: Path, seeds: list[int]) -> dict[str, dict[str, Any]]:
                 {h["step"]: h["train/pass_rate"] for h in history if "train/pass_rate" in h and h["step"] > 0}
             )
             if recipe == SFT_SOURCE and s.get("pass_rate_before_rl") is not None:
-                sft = rows.setdefault(
-                    "sft", {"seeds": [], "pass": [], "greedy": [], "tool": [], "curves": []}
-                )
-                sft["seeds"].append(seed)
-                sft["pass"].append(s["pass_rate_before_rl"])
-                sft["greedy"].append(s["greedy_pass_rate_before_rl"])
-                sft["tool"].append(s["tool_success_before_rl"])
-                sft["budget"] = 0
+                _add_seed(rows, "sft", seed, s, "before_rl")["budget"] = 0
     return rows
+
+
+def _add_seed(rows: dict[str, dict[str, Any]], recipe: str, seed: int, summary: dict, when: str) -> dict:
+    """Append one seed's held-out metrics (``summary.json`` keys ending in ``when``) to ``rows[recipe]``."""
+    r = rows.setdefault(recipe, {"seeds": [], "pass": [], "greedy": [], "tool": [], "curves": []})
+    r["seeds"].append(seed)
+    r["pass"].append(summary[f"pass_rate_{when}"])
+    r["greedy"].append(summary[f"greedy_pass_rate_{when}"])
+    r["tool"].append(summary[f"tool_success_{when}"])
+    return r
 
 
 FAILURE_RECIPES = ("sft", "ppo_final", "steptool")

@@ -498,13 +498,6 @@ def validate(cfg: Any) -> StepRLConfig:
     _check(c.trainer.max_worker_restarts >= 0, "trainer.max_worker_restarts", "must be >= 0")
     _check(c.algorithm.rollout_is in ("auto", "on", "off"), "algorithm.rollout_is", "must be auto, on or off")
     _check(c.algorithm.rollout_is_cap > 0, "algorithm.rollout_is_cap", "must be > 0")
-    if c.trainer.async_rollout:
-        _check(
-            method.supports_async and c.data.format != "steptool_csv",
-            "trainer.async_rollout",
-            f"needs a method that trains on its own rollouts through the shared PPO iteration "
-            f"(trainer.method={c.trainer.method}, data.format={c.data.format})",
-        )
     _check(
         c.data.train_tasks >= c.trainer.tasks_per_iteration,
         "data.train_tasks",

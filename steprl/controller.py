@@ -329,7 +329,7 @@ class Controller:
         c = self.cfg
         if self._background is None:
             trajs, stats = self.generate(
-                self._draw_tasks(), c.rollout.group_size, c.rollout.temperature, self._seed(it)
+                self._draw_tasks(), c.rollout.group_size, c.rollout.temperature, self.rollout_seed(it)
             )
             return trajs, stats, self.reward_metrics
         if self.pending is None:  # the first iteration (or the first after a resume)
@@ -354,7 +354,8 @@ class Controller:
         tasks, self.resume_tasks = (self.resume_tasks or self.next_tasks()), []
         return tasks
 
-    def _seed(self, it: int) -> int:
+    def rollout_seed(self, it: int) -> int:
+        """The sampling seed of iteration ``it``'s training rollouts (a pure function: exact resume)."""
         return self.cfg.trainer.seed * 100003 + it * 977
 
     def _submit(self, it: int) -> None:
@@ -365,7 +366,7 @@ class Controller:
         def work() -> tuple[list[Trajectory], dict, int, dict[str, float]]:
             t0 = time.time()
             trajs, stats = self.generate(
-                tasks, c.rollout.group_size, c.rollout.temperature, self._seed(it), timer=StageTimer()
+                tasks, c.rollout.group_size, c.rollout.temperature, self.rollout_seed(it), timer=StageTimer()
             )
             # the reward metrics this thread just set (the main thread never scores while a batch is in flight)
             return (

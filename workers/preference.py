@@ -69,10 +69,8 @@ class PreferenceActorWorker(ActorWorker):
         g, _, k = mb["cand_input_ids"].shape
         ids = flat["input_ids"].to(self.device)
         out = self.model(input_ids=ids, attention_mask=flat["attention_mask"].to(self.device).long())
-        lp = token_logprobs(out.logits, ids)
+        lp = token_logprobs(out.logits, ids)  # as wide as ids, also for a one-column shard of padding
         T = ids.shape[1]
-        if lp.shape[1] < T:  # a shard of padding rows only is trimmed to 1 column: no prediction there
-            lp = torch.nn.functional.pad(lp, (0, T - lp.shape[1]))
         return lp.view(g, k, T), flat["action_mask"].to(self.device).view(g, k, T)
 
     def dpo_step(self, data: TensorDict, beta: float, lr: float) -> dict[str, float]:

@@ -32,9 +32,19 @@ class Method:
         return None
 
     def check_config(self, cfg: StepRLConfig) -> str | None:
-        """A one-line problem with ``cfg`` for this method, or None (called by ``config.validate``)."""
+        """A one-line problem with ``cfg`` for this method, or None (called by ``config.validate``):
+        the checks every method shares, then the method's own :meth:`check`."""
         if cfg.data.format not in self.data_formats:
             return f"data.format={cfg.data.format} is not used by this method (accepted: {self.data_formats})"
+        if cfg.trainer.async_rollout and not self.supports_async:
+            return (
+                "trainer.async_rollout=true needs a method that trains on its own rollouts through the "
+                "shared PPO iteration"
+            )
+        return self.check(cfg)
+
+    def check(self, cfg: StepRLConfig) -> str | None:
+        """The method's own one-line config problem, or None (override this, not ``check_config``)."""
         return None
 
     def setup(self, ctl: Controller) -> None:

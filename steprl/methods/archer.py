@@ -73,10 +73,7 @@ def _pad(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
 
 @register_method("archer")
 class ArCHer(Method):
-    def check_config(self, cfg: StepRLConfig) -> str | None:
-        problem = super().check_config(cfg)
-        if problem:
-            return problem
+    def check(self, cfg: StepRLConfig) -> str | None:
         if cfg.algorithm.use_critic:
             return "ArCHer brings its own utterance-level critic: set algorithm.use_critic=false"
         if cfg.algorithm.kl_in == "reward" and cfg.algorithm.kl_coef > 0:
@@ -162,7 +159,7 @@ class ArCHer(Method):
         c = ctl.cfg
         times: dict[str, float] = {}
         t0 = time.time()
-        seed = c.trainer.seed * 100003 + it * 977
+        seed = ctl.rollout_seed(it)
         trajs, rstats = ctl.generate(ctl.next_tasks(), c.rollout.group_size, c.rollout.temperature, seed)
         times["time/rollout"] = time.time() - t0
         self.buffer.add(trajs)

@@ -160,10 +160,7 @@ def episode_reward(traj: Trajectory, task: Task, cfg: Any) -> dict[str, float]:
 
 @register_method("arpo")
 class ARPO(Method):
-    def check_config(self, cfg: StepRLConfig) -> str | None:
-        problem = super().check_config(cfg)
-        if problem:
-            return problem
+    def check(self, cfg: StepRLConfig) -> str | None:
         if cfg.algorithm.estimator not in CRITIC_FREE:
             return f"ARPO is critic-free: algorithm.estimator must be one of {CRITIC_FREE}"
         if cfg.arpo.initial_rollouts > cfg.rollout.group_size:
@@ -206,7 +203,7 @@ class ARPO(Method):
         times: dict[str, float] = {}
         t0 = time.time()
         tasks = ctl.next_tasks()
-        trajs, rstats = self.generate(ctl, tasks, seed=c.trainer.seed * 100003 + it * 977)
+        trajs, rstats = self.generate(ctl, tasks, seed=ctl.rollout_seed(it))
         times["time/rollout"] = time.time() - t0
         by_id = {t.task_id: t for t in tasks}
         parts = [episode_reward(t, by_id[t.task_id], c.arpo) for t in trajs]

@@ -214,10 +214,7 @@ def search_rollout(
 
 @register_method("codetool")
 class CodeTool(Method):
-    def check_config(self, cfg: StepRLConfig) -> str | None:
-        problem = super().check_config(cfg)
-        if problem:
-            return problem
+    def check(self, cfg: StepRLConfig) -> str | None:
         ct = cfg.codetool
         if cfg.rollout.temperature <= 0 and (ct.tree_width > 1 or ct.search_candidates > 1):
             return "CodeTool samples sibling candidates: rollout.temperature must be > 0"

@@ -78,10 +78,10 @@ class ETO(Method):
 
         return PreferenceActorWorker
 
-    def check_config(self, cfg: StepRLConfig) -> str | None:
+    def check(self, cfg: StepRLConfig) -> str | None:
         if cfg.rollout.group_size < 2:
             return "rollout.group_size must be >= 2 (pairs come from two samples of one task)"
-        return super().check_config(cfg)
+        return None
 
     def iteration(self, ctl: Controller, it: int) -> dict[str, float]:
         from steprl.controller import episode_metrics
@@ -96,7 +96,7 @@ class ETO(Method):
                 ctl.next_tasks(),
                 c.rollout.group_size,
                 c.rollout.temperature,
-                seed=c.trainer.seed * 100003 + it * 977,
+                seed=ctl.rollout_seed(it),
             )
             pairs = build_step_pairs(trajs, c.eto.pair_by, c.algorithm.gamma)
             metrics.update(episode_metrics(trajs, prefix="train/"))

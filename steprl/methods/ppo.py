@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from steprl.methods import Method, register_method
 
 if TYPE_CHECKING:
+    from steprl.config import StepRLConfig
     from steprl.controller import Controller
 
 
@@ -19,6 +20,11 @@ if TYPE_CHECKING:
 class PPO(Method):
     data_formats = ("suite", "steptool_sft_json", "steptool_csv")
     supports_async = True  # Controller.iteration takes its batch from rollout_batch
+
+    def check(self, cfg: StepRLConfig) -> str | None:
+        if cfg.trainer.async_rollout and cfg.data.format == "steptool_csv":
+            return "trainer.async_rollout=true has nothing to overlap with data.format=steptool_csv (no rollouts)"
+        return None
 
     def setup(self, ctl: Controller) -> None:
         self.offline = None

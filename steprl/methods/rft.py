@@ -57,7 +57,7 @@ class RFT(Method):
                 ctl.next_tasks(),
                 c.rollout.group_size,
                 c.rollout.temperature,
-                seed=c.trainer.seed * 100003 + it * 977,
+                seed=ctl.rollout_seed(it),
             )
             kept = keep_solved(trajs, c.rft.dedupe)
             metrics.update(episode_metrics(trajs, prefix="train/"))

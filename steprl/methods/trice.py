@@ -33,10 +33,10 @@ class TRICE(Method):
 
         return PreferenceActorWorker
 
-    def check_config(self, cfg: StepRLConfig) -> str | None:
+    def check(self, cfg: StepRLConfig) -> str | None:
         if cfg.rollout.group_size < 2:
             return "rollout.group_size must be >= 2 (k candidates per question are ranked)"
-        return super().check_config(cfg)
+        return None
 
     def iteration(self, ctl: Controller, it: int) -> dict[str, float]:
         from steprl.controller import episode_metrics
@@ -45,7 +45,7 @@ class TRICE(Method):
         c, k = ctl.cfg, ctl.cfg.rollout.group_size
         t0 = time.time()
         trajs, rstats = ctl.generate(
-            ctl.next_tasks(), k, c.rollout.temperature, seed=c.trainer.seed * 100003 + it * 977
+            ctl.next_tasks(), k, c.rollout.temperature, seed=ctl.rollout_seed(it)
         )  # task-major: candidates of one question are consecutive
         t_rollout = time.time() - t0
         scores = candidate_scores(
