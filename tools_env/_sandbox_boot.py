@@ -7,12 +7,16 @@ has threads, as the tool server's threadpool does). The code to run arrives on s
 Process tree when the host allows namespaces (root or CAP_SYS_ADMIN)::
 
     boot   host pid namespace, keeps privileges, waits and reports
-     └ init   pid 1 of a new pid namespace; mounts a private /proc and reaps
-        └ worker   rlimits, uid 65534, no_new_privs; runs the code in-process
+     └ init   pid 1 of a new pid namespace; mounts a private /proc, writes the worker's uid map, reaps
+        └ worker   rlimits, its own user namespace (uid 65534 inside = this run's host uid), no
+                   capabilities, no_new_privs, a fresh session keyring; runs the code in-process
 
 When init exits the kernel kills whatever is left in its pid namespace, so nothing the code starts can
-outlive the run. Without namespaces ``boot`` forks the worker directly. Status lines (JSON) go to the
-file descriptor ``status_fd`` which the worker closes before running untrusted code.
+outlive the run; the user namespace gives the run its own user keyrings, which die with it. Without
+namespaces ``boot`` is a child subreaper and forks the worker directly (as this run's host uid); at the
+end it kills every descendant and removes what that uid left in the kernel (keyrings, SysV IPC) and at
+the top of the shared writable directories (see ``_janitor``). Status lines (JSON) go to the file
+descriptor ``status_fd`` which the worker closes before running untrusted code.
 """
 
 import _posixsubprocess
@@ -25,17 +29,27 @@ import os
 import posix
 import resource
 import select
+import shutil
 import signal
 import socket
+import stat
 import sys
 import traceback
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
-CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUSER = 0x20000000, 0x40000000, 0x10000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = 1, 38, 36
+PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
 SYS_MOUNT_SETATTR = {"x86_64": 442, "aarch64": 442}.get(os.uname().machine)
+SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine)
+SYS_CAPSET = {"x86_64": 126, "aarch64": 91}.get(os.uname().machine)
+KEYCTL_JOIN_SESSION_KEYRING, KEYCTL_CLEAR, KEYCTL_GET_PERSISTENT = 1, 7, 22
+KEY_SPEC_PROCESS_KEYRING, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = -2, -4, -5
+IPC_RMID = 0
+# where code of a run without a mount namespace can leave files for a later run (cleared at the end)
+SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")
 AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = -100, 0x8000, 1
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -62,6 +76,16 @@ def _mount(src, target, fstype, flags, data=None) -> None:
 
 def _unshare(flags: int) -> bool:
     return libc.unshare(flags) == 0
+
+
+def _keyctl(op: int, *args: int) -> int:
+    if SYS_KEYCTL is None:
+        return -1
+    return libc.syscall(SYS_KEYCTL, ctypes.c_long(op), *(ctypes.c_long(a) for a in args))
+
+
+def _status(fd: int, **fields) -> None:
+    os.write(fd, (json.dumps(fields) + "\n").encode())
 
 
 def _read_only_root(notes: list) -> None:
@@ -99,8 +123,8 @@ def _private_filesystem(cfg: dict, notes: list) -> str:
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['tmpfs_mb']}m,mode=1777")
     workdir = "/tmp/sandbox"
     os.mkdir(workdir, 0o700)
-    if os.getuid() == 0 and cfg["uid"] is not None:
-        os.chown(workdir, cfg["uid"], cfg["gid"])
+    if cfg["host_uid"] is not None:
+        os.chown(workdir, cfg["host_uid"], cfg["host_uid"])
     return workdir
 
 
@@ -146,20 +170,62 @@ def _set_limits(cfg: dict) -> None:
             resource.setrlimit(getattr(resource, name), (0, 0))
 
 
-def _drop_privileges(cfg: dict) -> None:
-    if os.getuid() == 0 and cfg["uid"] is not None:
+def _drop_capabilities() -> None:
+    """Empty every capability set (a process entering a user namespace holds all of them there)."""
+    for cap in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            break  # EINVAL past the last capability this kernel knows
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = (ctypes.c_uint32 * 6)()
+    _check(libc.syscall(SYS_CAPSET, header, data), "capset")
+
+
+def _drop_privileges(cfg: dict, sync: tuple[int, int] | None) -> None:
+    """Become this run's unprivileged uid; inside a fresh user namespace when ``sync`` is given.
+
+    With ``sync`` (a pipe pair to init) the worker unshares a user namespace, init (still root on the
+    host) maps ``uid`` inside to the run's ``host_uid`` outside, and the worker switches to it and drops
+    every capability. The namespace gives the run user keyrings of its own; the distinct host uid keeps
+    concurrent runs apart in everything the kernel keys by uid (signals, files, quotas).
+    """
+    if cfg["host_uid"] is not None:
         os.setgroups([])
-        os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
-        os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])
+        uid, gid = cfg["host_uid"], cfg["host_uid"]
+        if sync is not None:
+            ready_w, go_r = sync
+            entered = _unshare(CLONE_NEWUSER)
+            os.write(ready_w, b"1" if entered else b"0")
+            if entered:
+                if os.read(go_r, 1) != b"1":
+                    raise OSError("init could not write the user namespace's uid map")
+                uid, gid = cfg["uid"], cfg["gid"]
+            os.close(ready_w)
+            os.close(go_r)
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        if sync is not None and entered:
+            _drop_capabilities()
     # no setuid binary (su, mount, passwd ...) can give privileges back; exec is also blocked by NPROC
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+    # a session keyring of its own: the inherited one is the caller's, shared by every run
+    if _keyctl(KEYCTL_JOIN_SESSION_KEYRING, 0) < 0:
+        raise OSError(ctypes.get_errno(), f"keyctl(JOIN_SESSION_KEYRING): {os.strerror(ctypes.get_errno())}")
 
 
-def _worker(cfg: dict, code: str, workdir: str, parent_pid: int, netns: bool) -> None:
+def _close_fds_except(keep: tuple[int, ...]) -> None:
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+def _worker(cfg: dict, code: str, workdir: str, parent_pid: int, netns: bool, sync=None) -> None:
     try:
         devnull = os.open("/dev/null", os.O_RDONLY)
         os.dup2(devnull, 0)
-        os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        _close_fds_except(sync or ())
         os.chdir(workdir)
         os.umask(0o077)
         os.environ.clear()
@@ -171,7 +237,7 @@ def _worker(cfg: dict, code: str, workdir: str, parent_pid: int, netns: bool) ->
             with contextlib.suppress(ImportError):
                 __import__(name)
         _set_limits(cfg)
-        _drop_privileges(cfg)
+        _drop_privileges(cfg, sync)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # set after the uid change, which clears it
         if os.getppid() != parent_pid:  # the parent died before PDEATHSIG was armed
             os._exit(125)
@@ -209,6 +275,15 @@ def _encode_status(st: int) -> dict:
     return {"exit": os.WEXITSTATUS(st)}
 
 
+def _map_user_namespace(pid: int, cfg: dict) -> None:
+    """As root on the host: map the worker's ``uid``/``gid`` inside its user namespace to ``host_uid``."""
+    host = cfg["host_uid"]
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{cfg['uid']} {host} 1"),
+                       ("gid_map", f"{cfg['gid']} {host} 1")):  # fmt: skip
+        with open(f"/proc/{pid}/{name}", "w") as f:
+            f.write(text)
+
+
 def _init(cfg: dict, code: str, workdir: str, status_fd: int, alive_fd: int, netns: bool) -> None:
     """pid 1 of the sandbox's pid namespace: private /proc, run the worker, report, exit (kills the rest)."""
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -218,17 +293,143 @@ def _init(cfg: dict, code: str, workdir: str, status_fd: int, alive_fd: int, net
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     except OSError:  # hide the host's processes at least
         _mount("tmpfs", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=555")
+    userns = cfg["host_uid"] is not None
+    if userns:
+        ready_r, ready_w = os.pipe()
+        go_r, go_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        _worker(cfg, code, workdir, parent_pid=1, netns=netns)
+        if userns:
+            os.close(ready_r)
+            os.close(go_w)
+        _worker(cfg, code, workdir, parent_pid=1, netns=netns, sync=(ready_w, go_r) if userns else None)
+    if userns:
+        os.close(ready_w)
+        os.close(go_r)
+        entered = os.read(ready_r, 1) == b"1"
+        if entered:
+            try:
+                _map_user_namespace(pid, cfg)
+                os.write(go_w, b"1")
+            except OSError as e:
+                entered = False
+                _status(status_fd, userns_error=f"{type(e).__name__}: {e}")
+        os.close(ready_r)
+        os.close(go_w)
+        _status(status_fd, user_namespace=entered)
     while True:
         try:
             done, st = os.wait()
         except ChildProcessError:
             os._exit(0)
         if done == pid:
-            os.write(status_fd, (json.dumps({"worker": _encode_status(st)}) + "\n").encode())
+            _status(status_fd, worker=_encode_status(st))
+            if userns and not entered:  # the run's keyrings live in the host's register: clear them
+                _status(status_fd, cleaned=_clear_uid(cfg["host_uid"], kill=False))
             os._exit(0)
+
+
+def _children() -> list[int]:
+    """This process's children (zombies included), from /proc/self/task/*/children."""
+    kids: list[int] = []
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/children") as f:
+            kids += [int(p) for p in f.read().split()]
+    return kids
+
+
+def _kill_descendants() -> None:
+    """SIGKILL and reap every descendant. As a child subreaper every orphan in the tree comes back here,
+    so repeating until no child is left also catches setsid + double-fork daemons."""
+    for _ in range(10_000):
+        kids = _children()
+        if not kids:
+            return
+        for kid in kids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(kid, signal.SIGKILL)
+        for kid in kids:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(kid, 0)
+
+
+def _clear_uid(uid: int, kill: bool) -> bool:
+    """As ``uid``: SIGKILL all its processes (kill(-1)), clear its user, user-session and persistent
+    keyrings. Returns False when something could not be cleared (the caller retires that uid)."""
+    pid = os.fork()
+    if pid == 0:
+        failed = 0
+        try:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            for _ in range(1000 if kill else 0):
+                try:
+                    os.kill(-1, signal.SIGKILL)  # every process of this uid but this one
+                except ProcessLookupError:
+                    break
+            else:
+                failed |= kill
+            for ring in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING):
+                failed |= _keyctl(KEYCTL_CLEAR, ring) != 0
+            persistent = _keyctl(KEYCTL_GET_PERSISTENT, -1, KEY_SPEC_PROCESS_KEYRING)
+            if persistent > 0:
+                failed |= _keyctl(KEYCTL_CLEAR, persistent) != 0
+        except BaseException:
+            failed = 1
+        os._exit(int(failed))
+    _, st = os.waitpid(pid, 0)
+    return os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0
+
+
+def _remove_ipc(uid: int) -> None:
+    """Remove the SysV shared memory, message queues and semaphores ``uid`` owns or created."""
+    for kind, rm in (("shm", libc.shmctl), ("msg", libc.msgctl), ("sem", libc.semctl)):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                header, *rows = [line.split() for line in f if line.strip()]
+        except OSError:
+            continue
+        col = {name: i for i, name in enumerate(header)}
+        ident = col.get("shmid", col.get("msqid", col.get("semid")))
+        for row in rows:
+            if str(uid) in (row[col["uid"]], row[col["cuid"]]):
+                if kind == "sem":
+                    rm(int(row[ident]), 0, IPC_RMID)
+                else:
+                    rm(int(row[ident]), IPC_RMID, None)
+
+
+def _remove_files(uid: int, dirs) -> None:
+    """Remove the entries ``uid`` owns at the top of the shared writable directories."""
+    for d in dict.fromkeys(dirs):
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(d, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if st.st_uid != uid:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(path)  # does not follow symlinks (fd-based on Linux)
+                else:
+                    os.unlink(path)
+
+
+def _janitor(cfg: dict) -> bool:
+    """End of a run without namespaces: kill every descendant, remove what the run's uid left behind."""
+    _kill_descendants()
+    uid = cfg["host_uid"]
+    if uid is None:
+        return True
+    cleaned = _clear_uid(uid, kill=True)
+    _kill_descendants()  # reap what kill(-1) hit
+    _remove_ipc(uid)
+    _remove_files(uid, (*SHARED_WRITABLE, cfg["tempdir"]))
+    return cleaned
 
 
 def _kill_on_sigterm(child: int) -> None:
@@ -242,6 +443,8 @@ def main() -> None:
     status_fd = cfg["status_fd"]
     os.umask(0o022)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if os.getuid() != 0:
+        cfg["host_uid"] = None  # no uid to change to: the code runs as the caller
     report = {"network_isolation": "best_effort", "filesystem": "host", "pid_namespace": False, "notes": []}
     workdir = cfg["workdir"]
     ns = cfg["namespaces"] and _unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS)
@@ -252,20 +455,21 @@ def main() -> None:
         try:
             workdir = _private_filesystem(cfg, report["notes"])
         except OSError as e:
-            os.write(status_fd, (json.dumps({"error": f"sandbox setup failed: {e}"}) + "\n").encode())
+            _status(status_fd, error=f"sandbox setup failed: {e}")
             os._exit(0)
         report.update(filesystem="private", pid_namespace=True)
     elif cfg["namespaces"]:
         report["notes"].append("unshare() not permitted: no mount/pid namespace")
     else:
         report["notes"].append("namespaces disabled by SandboxLimits.namespaces")
-    if os.getuid() == 0 and cfg["uid"] is not None:
-        report["uid"] = cfg["uid"]
+    report["host_uid"] = cfg["host_uid"]
+    if cfg["host_uid"] is not None:
+        report["uid"] = cfg["uid"] if ns else cfg["host_uid"]
         if not ns:
-            os.chown(workdir, cfg["uid"], cfg["gid"])
+            os.chown(workdir, cfg["host_uid"], cfg["host_uid"])
     else:
         report["uid"] = os.getuid()
-    os.write(status_fd, (json.dumps({"report": report}) + "\n").encode())
+    _status(status_fd, report=report)
 
     if ns:
         alive_r, alive_w = os.pipe()
@@ -277,15 +481,19 @@ def main() -> None:
         _kill_on_sigterm(pid)
         _, st = os.waitpid(pid, 0)
         if os.WIFSIGNALED(st) or os.WEXITSTATUS(st) != 0:
-            os.write(status_fd, (json.dumps({"init": _encode_status(st)}) + "\n").encode())
+            _status(status_fd, init=_encode_status(st))
         os._exit(0)
+    # no pid namespace: every orphan of the run is reparented here, and killed by the janitor
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     boot_pid = os.getpid()
     pid = os.fork()
     if pid == 0:
         _worker(cfg, code, workdir, parent_pid=boot_pid, netns=netns)
     _kill_on_sigterm(pid)
     _, st = os.waitpid(pid, 0)
-    os.write(status_fd, (json.dumps({"worker": _encode_status(st)}) + "\n").encode())
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the worker's pid is free now; finish the cleanup
+    _status(status_fd, worker=_encode_status(st))
+    _status(status_fd, cleaned=_janitor(cfg))
     os._exit(0)
 
 

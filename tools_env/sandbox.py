@@ -32,8 +32,10 @@ What is isolated, and how (``SandboxResult.isolation`` reports what this host al
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import random
 import selectors
 import shutil
 import signal
@@ -42,6 +44,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -65,8 +69,12 @@ class SandboxLimits:
     tmpfs_mb: int = 64  # size of the private /tmp (namespaces only)
     max_open_files: int = 64
     max_processes: int = 0  # extra processes/threads the code may start (RLIMIT_NPROC)
-    uid: int | None = 65534  # user to run as when started as root; None keeps root (not advised)
+    uid: int | None = 65534  # uid the code sees when started as root; None keeps root (not advised)
     gid: int = 65534
+    # each run (as root) leases a host uid of its own from [host_uid_base, host_uid_base + host_uid_count):
+    # the code's uid/gid inside its user namespace, or its real uid where there are no namespaces
+    host_uid_base: int = 2_000_000_000
+    host_uid_count: int = 65536
     namespaces: bool = True  # try net/mount/pid namespaces; fall back silently when not permitted
     hidden_paths: tuple[str, ...] = ("/root", "/home", "/run/secrets", "/var/run/secrets")
     preload_modules: tuple[str, ...] = DEFAULT_PRELOAD  # imported before the uid drop
@@ -102,7 +110,81 @@ def _keep_paths(limits: SandboxLimits) -> tuple[list[str], list[str]]:
     return sorted(keep), extra
 
 
-def _config(limits: SandboxLimits, workdir: str, status_fd: int) -> dict[str, Any]:
+class SandboxIsolationWarning(RuntimeWarning):
+    """The sandbox runs with weaker isolation than the default mode promises (see docs/security.md)."""
+
+
+_WARNED: set[str] = set()
+BEST_EFFORT_GAPS = (
+    "runs without namespaces (best-effort mode): the code sees the host filesystem read-write where its "
+    "uid may write and host processes in /proc, reaches the network through ctypes, and concurrent runs "
+    "that cooperate can exchange data through world-writable directories, SysV/POSIX IPC, abstract unix "
+    "sockets and keys they open to others; see docs/security.md"
+)
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(f"tools_env.sandbox {message}", SandboxIsolationWarning, stacklevel=4)
+
+
+def _lease_dir() -> str:
+    base = "/run" if os.access("/run", os.W_OK) else tempfile.gettempdir()
+    path = os.path.join(base, "steprl-sandbox-uids")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _lease_uid(limits: SandboxLimits) -> Iterator[tuple[int | None, str | None]]:
+    """A host uid no other run on this host holds: an flock on ``<lease dir>/<uid>`` for the run's length.
+
+    Uids whose cleanup failed were retired (``<uid>.retired``) and are never handed out again.
+    Yields ``(None, None)`` when not root or ``limits.uid`` is None (no uid change at all).
+    """
+    if os.geteuid() != 0 or limits.uid is None:
+        yield None, None
+        return
+    directory = _lease_dir()
+    for _ in range(200):
+        uid = limits.host_uid_base + random.randrange(limits.host_uid_count)
+        path = os.path.join(directory, str(uid))
+        if os.path.exists(path + ".retired"):
+            continue
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            yield uid, path
+        finally:
+            os.close(fd)  # releases the lock
+        return
+    raise RuntimeError(
+        f"no free sandbox uid in [{limits.host_uid_base}, +{limits.host_uid_count}) after 200 tries"
+    )
+
+
+def _kill_uid(uid: int) -> None:
+    """Fallback when boot could not clean up (it was killed): SIGKILL every process of ``uid``."""
+    for _ in range(100):
+        found = False
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError, ValueError):
+                with open(f"/proc/{pid}/status") as f:
+                    uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+                if str(uid) in uids:
+                    found = True
+                    os.kill(int(pid), signal.SIGKILL)
+        if not found:
+            return
+        time.sleep(0.01)
+
+
+def _config(limits: SandboxLimits, workdir: str, status_fd: int, host_uid: int | None) -> dict[str, Any]:
     keep, extra = _keep_paths(limits)
     return {
         "status_fd": status_fd, "workdir": workdir, "namespaces": limits.namespaces,
@@ -110,7 +192,8 @@ def _config(limits: SandboxLimits, workdir: str, status_fd: int) -> dict[str, An
         "tmpfs_mb": limits.tmpfs_mb, "max_open_files": limits.max_open_files,
         "max_processes": limits.max_processes, "uid": limits.uid, "gid": limits.gid,
         "hidden_paths": list(limits.hidden_paths), "keep_paths": keep, "extra_sys_path": extra,
-        "preload_modules": list(limits.preload_modules),
+        "preload_modules": list(limits.preload_modules), "host_uid": host_uid,
+        "tempdir": tempfile.gettempdir(),
     }  # fmt: skip
 
 
@@ -227,16 +310,35 @@ def run_python(code: str, limits: SandboxLimits | None = None) -> SandboxResult:
     if "error" in status and limits.namespaces:
         result, _ = _run_once(code, replace(limits, namespaces=False))
         result.isolation["notes"] = [f"namespaces dropped because {status['error']}"]
+    mode = result.isolation.get("mode")
+    if mode == "best_effort":
+        _warn_once("best_effort", BEST_EFFORT_GAPS)
+    elif mode == "namespaces" and result.isolation.get("user_namespace") is False:
+        _warn_once("userns", "could not give runs a user namespace: their keyrings are kept apart only by "
+                   "a per-run uid and cleared afterwards; see docs/security.md")  # fmt: skip
     return result
 
 
 def _run_once(code: str, limits: SandboxLimits) -> tuple[SandboxResult, dict[str, Any]]:
+    with _lease_uid(limits) as (host_uid, lease):
+        result, status = _run_as(code, limits, host_uid)
+        if (
+            host_uid is not None
+            and status.get("cleaned") is not True
+            and not result.isolation.get("user_namespace")
+        ):
+            _kill_uid(host_uid)  # boot did not finish its cleanup: what that uid left may persist
+            Path(lease + ".retired").touch()
+    return result, status
+
+
+def _run_as(code: str, limits: SandboxLimits, host_uid: int | None) -> tuple[SandboxResult, dict[str, Any]]:
     workdir = tempfile.mkdtemp(prefix="steprl-sandbox-")  # used when no mount namespace is available
     status_r, status_w = os.pipe()
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-u", BOOT, json.dumps(_config(limits, workdir, status_w))],
+            [sys.executable, "-I", "-S", "-u", BOOT, json.dumps(_config(limits, workdir, status_w, host_uid))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd=workdir,
             start_new_session=True, pass_fds=(status_w,), close_fds=True,
@@ -284,7 +386,14 @@ def _result(out: bytes, err: bytes, killed: str | None, duration: float, status:
         exit_code = worker["exit"]
     else:
         exit_code = None if killed else returncode
-    report = status.get("report", {})
+    report = dict(status.get("report", {}))
+    if "user_namespace" in status:
+        report["user_namespace"] = status["user_namespace"]
+        if "userns_error" in status:
+            report["notes"] = [*report.get("notes", []), f"user namespace refused: {status['userns_error']}"]
+    if report:
+        private = report.get("pid_namespace") and report.get("filesystem") == "private"
+        report["mode"] = "namespaces" if private else "best_effort"
     result = SandboxResult(
         ok=killed is None and exit_code == 0 and "error" not in status,
         stdout=out.decode("utf-8", "replace"), stderr=err.decode("utf-8", "replace"),

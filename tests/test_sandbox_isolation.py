@@ -1,0 +1,327 @@
+"""Cross-run battery for tools_env.sandbox: no state passes from one run to a later or a concurrent one.
+
+Each test runs the real subprocess sandbox. A "writer" run leaves something behind through one channel
+(kernel keyrings, SysV IPC, POSIX shared memory, files, abstract unix sockets, signals, a daemon) and a
+"reader" run, later or at the same time, tries to get at it. The writer colludes where that is the
+stronger attack (it grants everyone every permission); a victim is plain code where the threat is one run
+attacking another. Which channels the best-effort mode (no namespaces) closes is in docs/security.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+
+import pytest
+
+from tools_env import sandbox
+from tools_env.sandbox import SandboxIsolationWarning, SandboxLimits, probe_isolation, run_python
+
+IS_ROOT = os.geteuid() == 0
+DEFAULT = SandboxLimits(wall_time_s=4.0, cpu_time_s=2)
+BEST_EFFORT = SandboxLimits(wall_time_s=4.0, cpu_time_s=2, namespaces=False)
+
+# ctypes helpers the sandboxed code uses (kernel keyrings and SysV IPC have no stdlib API)
+LIB = r"""
+import ctypes, os, socket, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+ADD_KEY, KEYCTL = {"x86_64": (248, 250), "aarch64": (217, 219)}[os.uname().machine]
+L = ctypes.c_long
+def add_key(desc, payload, ring):
+    return libc.syscall(L(ADD_KEY), b"user", desc, payload, L(len(payload)), L(ring))
+def keyctl(op, *args):
+    return libc.syscall(L(KEYCTL), L(op), *args)
+def read_key(serial):
+    buf = ctypes.create_string_buffer(512)
+    n = keyctl(11, L(serial), buf, L(512))  # KEYCTL_READ
+    return buf.raw[:n] if n > 0 else None
+def sysv_write(key, mark, mode):
+    sid = libc.shmget(key, 4096, 0o1000 | mode)  # IPC_CREAT
+    if sid < 0:
+        return "shmget: " + os.strerror(ctypes.get_errno())
+    ctypes.memmove(libc.shmat(sid, None, 0), mark, len(mark))
+    mid = libc.msgget(key, 0o1000 | mode)
+    msg = ctypes.create_string_buffer(8 + len(mark))
+    ctypes.memmove(ctypes.addressof(msg) + 8, mark, len(mark))
+    ctypes.c_long.from_buffer(msg).value = 1
+    libc.msgsnd(mid, msg, len(mark), 0o4000)  # IPC_NOWAIT
+    semid = libc.semget(key, 1, 0o1000 | mode)
+    libc.semctl(semid, 0, 16, 4242)  # SETVAL
+    return "ok"
+def sysv_read(key):
+    got = []
+    sid = libc.shmget(key, 0, 0)
+    if sid >= 0:
+        addr = libc.shmat(sid, None, 0o10000)  # SHM_RDONLY
+        if addr not in (None, ctypes.c_void_p(-1).value):
+            got.append(ctypes.string_at(addr, 64))
+    mid = libc.msgget(key, 0)
+    if mid >= 0:
+        buf = ctypes.create_string_buffer(8 + 64)
+        n = libc.msgrcv(mid, buf, 64, 0, 0o4000)
+        if n > 0:
+            got.append(buf.raw[8 : 8 + n])
+    semid = libc.semget(key, 1, 0)
+    if semid >= 0:
+        got.append(b"sem=%d" % libc.semctl(semid, 0, 12))  # GETVAL
+    return got
+"""
+
+
+def require(mode: str) -> SandboxLimits:
+    if mode == "default":
+        iso = probe_isolation()
+        if iso.get("filesystem") != "private" or not iso.get("pid_namespace"):
+            pytest.skip(f"this host does not grant the sandbox its namespaces: {iso.get('notes')}")
+        return DEFAULT
+    if not IS_ROOT:
+        pytest.skip("best-effort separation of runs needs root (one uid per run)")
+    return BEST_EFFORT
+
+
+def ok(code: str, limits: SandboxLimits):
+    r = run_python(LIB + code, limits)
+    assert r.exit_code == 0 and not r.timed_out, r
+    return r
+
+
+def concurrently(victim: str, attacker: str, limits: SandboxLimits, hold_s: float = 1.5):
+    """Run ``victim`` and, while it is provably still alive holding its state, ``attacker``.
+
+    The victim prints ``READY <t>`` after its setup and ``END <t>`` after holding for ``hold_s``; the
+    attacker prints ``PROBE <t>`` after probing. Retried when the load on the machine broke that order.
+    """
+    for _ in range(4):
+        results: dict[str, object] = {}
+        v = (
+            LIB
+            + victim
+            + f"\nprint('READY', time.time(), flush=True)\ntime.sleep({hold_s})\nprint('END', time.time())"
+        )
+        t = threading.Thread(target=lambda out=results, c=v: out.update(victim=run_python(c, limits)))
+        t.start()
+        time.sleep(hold_s / 3)
+        a = run_python(LIB + attacker + "\nprint('PROBE', time.time())", limits)
+        t.join()
+        vr = results["victim"]
+        times = {
+            m[0]: float(m[1]) for m in re.findall(r"^(READY|END|PROBE) (\S+)$", vr.stdout + a.stdout, re.M)
+        }
+        if "PROBE" not in times:
+            return vr, a  # the attacker did not get to its end: the caller's assertions say why
+        if "READY" in times and times["READY"] < times["PROBE"] < times.get("END", float("inf")):
+            return vr, a
+    pytest.fail("could not overlap the two runs (machine too loaded?)")
+
+
+def mark() -> bytes:
+    return f"left-by-run-1-{uuid.uuid4().hex[:12]}".encode()
+
+
+# ---------------------------------------------------------------- kernel keyrings
+
+
+@pytest.mark.parametrize("mode", ["default", "best_effort"])
+def test_keyrings_do_not_carry_over_to_a_later_run(mode):
+    """The reported reproduction: run 1 add_key("user", "k", payload, -4); run 2 reads it back."""
+    limits = require(mode)
+    secret, tag = mark(), uuid.uuid4().hex[:8]
+    writer = ""
+    for ring in (-3, -4, -5):  # session, user, user-session keyrings
+        writer += f"k = add_key(b'k-{tag}{ring}', {secret!r}, {ring})\nprint('KEY', {ring}, k)\n"
+        writer += "if k > 0:\n    keyctl(5, L(k), L(0x3F3F3F3F))\n"  # KEYCTL_SETPERM: all to everyone
+    w = ok(writer, limits)
+    serials = [int(s) for s in re.findall(r"^KEY -4 (\d+)$", w.stdout, re.M)]
+    assert serials, f"run 1 could not even add a key to its user keyring: {w.stdout}"
+    made = [int(s) for s in re.findall(r"^KEY -\d (\d+)$", w.stdout, re.M)]
+    reader = f"for k in {made!r}:\n    print('BYID', read_key(k))\n"
+    for ring in (-3, -4, -5):
+        reader += f"k = keyctl(10, L({ring}), b'user', b'k-{tag}{ring}', L(0))\n"  # KEYCTL_SEARCH
+        reader += "print('SEARCH', k, read_key(k) if k > 0 else None)\n"
+    reader += "print(open('/proc/keys').read())\n"
+    r = ok(reader, limits)
+    assert secret.decode() not in r.stdout, r.stdout
+    assert f"k-{tag}" not in r.stdout, f"run 2 sees run 1's keys:\n{r.stdout}"
+
+
+def test_keyrings_do_not_pass_between_concurrent_runs():
+    limits = require("default")
+    secret, tag = mark(), uuid.uuid4().hex[:8]
+    victim = f"k = add_key(b'k-{tag}', {secret!r}, -4)\nassert k > 0\nkeyctl(5, L(k), L(0x3F3F3F3F))\n"
+    attacker = (
+        f"k = keyctl(10, L(-4), b'user', b'k-{tag}', L(0))\nprint('GOT', read_key(k) if k > 0 else None)\n"
+    )
+    attacker += "print(open('/proc/keys').read())\n"
+    _, a = concurrently(victim, attacker, limits)
+    assert "PROBE" in a.stdout, a
+    assert secret.decode() not in a.stdout and f"k-{tag}" not in a.stdout, a.stdout
+
+
+# ---------------------------------------------------------------- SysV and POSIX IPC
+
+
+@pytest.mark.parametrize("mode", ["default", "best_effort"])
+def test_sysv_ipc_does_not_carry_over_to_a_later_run(mode):
+    limits = require(mode)
+    secret, key = mark(), int(uuid.uuid4().int % 2**30) + 1
+    w = ok(f"print(sysv_write({key}, {secret!r}, 0o666))", limits)
+    assert w.stdout.strip() == "ok", w
+    r = ok(f"print(sysv_read({key}))\nprint(open('/proc/sysvipc/shm').read())", limits)
+    assert secret.decode() not in r.stdout and "sem=4242" not in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("mode", ["default", "best_effort"])
+def test_sysv_ipc_of_a_running_run_is_out_of_reach(mode):
+    limits = require(mode)
+    secret, key = mark(), int(uuid.uuid4().int % 2**30) + 1
+    # default mode: the victim colludes (mode 0666); best effort: plain code (0600) must not be readable
+    perms = "0o666" if mode == "default" else "0o600"
+    v, a = concurrently(
+        f"assert sysv_write({key}, {secret!r}, {perms}) == 'ok'", f"print(sysv_read({key}))", limits
+    )
+    assert v.ok and "PROBE" in a.stdout, (v, a)
+    assert secret.decode() not in a.stdout and "sem=4242" not in a.stdout, a.stdout
+
+
+@pytest.mark.parametrize("mode", ["default", "best_effort"])
+def test_posix_shared_memory_does_not_carry_over(mode):
+    limits = require(mode)
+    secret, name = mark(), f"/steprl-{uuid.uuid4().hex[:10]}"
+    path = f"/dev/shm{name}"  # what shm_open(3) and sem_open(3) use on Linux
+    writer = f"try:\n    fd = os.open({path!r}, os.O_CREAT | os.O_RDWR, 0o666)\n"
+    writer += f"    os.fchmod(fd, 0o666)\n    os.write(fd, {secret!r})\nexcept OSError as e:\n    print(e)\n"
+    ok(writer, limits)
+    reader = f"try:\n    fd = os.open({path!r}, os.O_RDONLY)\n"
+    reader += "    print(os.read(fd, 100))\nexcept OSError as e:\n    print(e)\n"
+    r = ok(reader, limits)
+    assert secret.decode() not in r.stdout, r.stdout
+    assert not os.path.exists(path)
+
+
+# ---------------------------------------------------------------- files
+
+
+@pytest.mark.parametrize("mode", ["default", "best_effort"])
+def test_files_in_shared_writable_places_do_not_carry_over(mode):
+    limits = require(mode)
+    secret, name = mark(), f"steprl-leak-{uuid.uuid4().hex[:10]}"
+    places = [tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"]
+    writer = f"for d in {places!r}:\n    try:\n        p = os.path.join(d, {name!r})\n"
+    writer += f"        open(p, 'wb').write({secret!r})\n        os.chmod(p, 0o666)\n"
+    writer += "    except OSError as e:\n        print(d, e)\n"
+    ok(writer, limits)
+    reader = f"for d in {places!r}:\n    try:\n        print(open(os.path.join(d, {name!r})).read())\n"
+    reader += "    except OSError as e:\n        print(d, e)\n"
+    r = ok(reader, limits)
+    assert secret.decode() not in r.stdout, r.stdout
+    assert not any(os.path.exists(os.path.join(d, name)) for d in places)
+
+
+@pytest.mark.parametrize("mode", ["default", "best_effort"])
+def test_a_run_cannot_read_the_files_of_a_concurrent_run(mode):
+    limits = require(mode)
+    secret = mark()
+    victim = f"open('notes.txt', 'wb').write({secret!r})"  # plain code, default permissions, in its cwd
+    attacker = f"for top in {sorted({tempfile.gettempdir(), '/tmp'})!r}:\n"  # every file two levels down
+    attacker += (
+        "    for d in os.listdir(top):\n        try:\n            names = os.listdir(os.path.join(top, d))\n"
+    )
+    attacker += "        except OSError as e:\n            print(d, e)\n            continue\n"
+    attacker += "        for n in names:\n            try:\n"
+    attacker += "                data = open(os.path.join(top, d, n), 'rb').read(200)\n"
+    attacker += "                print('READ', n, data if data.startswith(b'left-by') else len(data))\n"
+    attacker += "            except OSError as e:\n                print(n, e.strerror)\n"
+    v, a = concurrently(victim, attacker, limits)
+    assert v.ok and "PROBE" in a.stdout, (v, a)
+    assert secret.decode() not in a.stdout, a.stdout
+
+
+# ---------------------------------------------------------------- signals and sockets
+
+KILL_BY_NAME = """
+found = []
+for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+        if open(f'/proc/{pid}/comm').read().strip() == NAME:
+            found.append(pid)
+            os.kill(int(pid), 9)
+    except OSError as e:
+        print(pid, e)
+print('FOUND', found)
+try:
+    os.kill(-1, 9)  # everything this run may signal
+except OSError as e:
+    print('kill(-1):', e)
+"""
+
+
+@pytest.mark.parametrize("mode", ["default", "best_effort"])
+def test_a_run_cannot_kill_a_concurrent_run(mode):
+    limits = require(mode)
+    name = "v" + uuid.uuid4().hex[:12]
+    victim = f"libc.prctl(15, {name.encode()!r}, 0, 0, 0)"  # PR_SET_NAME: findable in /proc/*/comm
+    v, a = concurrently(victim, f"NAME = {name!r}\n" + KILL_BY_NAME, limits)
+    assert "PROBE" in a.stdout, a
+    assert v.ok and "END" in v.stdout, f"the victim was killed: {v}\nattacker: {a.stdout}"
+
+
+def test_abstract_unix_sockets_do_not_reach_a_concurrent_run():
+    limits = require("default")
+    addr = "\0steprl-" + uuid.uuid4().hex[:10]
+    victim = f"s = socket.socket(socket.AF_UNIX)\ns.bind({addr!r})\ns.listen()\n"
+    attacker = f"c = socket.socket(socket.AF_UNIX)\ntry:\n    c.connect({addr!r})\n    print('CONNECTED')\n"
+    attacker += "except OSError as e:\n    print(e)\n"
+    v, a = concurrently(victim, attacker, limits)
+    assert v.ok and "PROBE" in a.stdout, (v, a)
+    assert "CONNECTED" not in a.stdout, a.stdout
+
+
+# ---------------------------------------------------------------- descendants
+
+
+@pytest.mark.parametrize("mode", ["default", "best_effort"])
+def test_a_setsid_double_fork_daemon_dies_with_the_call(mode):
+    limits = SandboxLimits(**{**require(mode).__dict__, "max_processes": 4})
+    code = (
+        "if libc.fork() == 0:\n    os.setsid()\n    if libc.fork() == 0:\n"
+        "        print('DAEMON', os.getpid(), flush=True)\n        os.close(1)\n        os.close(2)\n"
+        "        time.sleep(30)\n    os._exit(0)\ntime.sleep(0.3)\n"
+    )
+    r = run_python(LIB + code, limits)
+    assert r.ok, r
+    pids = re.findall(r"^DAEMON (\d+)$", r.stdout, re.M)
+    assert pids, r
+    if mode == "default":
+        return  # a pid inside the run's pid namespace: nothing to look for on the host but the run ended
+    pid = int(pids[0])
+    time.sleep(0.2)
+    try:
+        with open(f"/proc/{pid}/cmdline") as f:
+            alive = "_sandbox_boot" in f.read()
+    except OSError:
+        alive = False
+    if alive:
+        os.kill(pid, 9)
+    assert not alive, f"the daemon {pid} outlived the call"
+
+
+# ---------------------------------------------------------------- the best-effort warning
+
+
+def test_best_effort_mode_warns_once(monkeypatch):
+    monkeypatch.setattr(sandbox, "_WARNED", set())
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert run_python("print(1)", BEST_EFFORT).stdout == "1\n"
+        assert run_python("print(2)", BEST_EFFORT).stdout == "2\n"
+    ours = [w for w in seen if issubclass(w.category, SandboxIsolationWarning)]
+    assert len(ours) == 1, [str(w.message) for w in seen]
+    assert "docs/security.md" in str(ours[0].message)
