@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 import warnings
+from dataclasses import replace
 
 import pytest
 
@@ -287,20 +288,23 @@ def test_abstract_unix_sockets_do_not_reach_a_concurrent_run():
 # ---------------------------------------------------------------- descendants
 
 
+DAEMON = (
+    "if libc.fork() == 0:\n    os.setsid()\n    if libc.fork() == 0:\n"
+    "        print('DAEMON', os.getpid(), flush=True)\n        os.close(1)\n        os.close(2)\n"
+    "        time.sleep(30)\n    os._exit(0)\n"
+)
+
+
+@pytest.mark.parametrize("end", ["exit", "timeout"])
 @pytest.mark.parametrize("mode", ["default", "best_effort"])
-def test_a_setsid_double_fork_daemon_dies_with_the_call(mode):
-    limits = SandboxLimits(**{**require(mode).__dict__, "max_processes": 4})
-    code = (
-        "if libc.fork() == 0:\n    os.setsid()\n    if libc.fork() == 0:\n"
-        "        print('DAEMON', os.getpid(), flush=True)\n        os.close(1)\n        os.close(2)\n"
-        "        time.sleep(30)\n    os._exit(0)\ntime.sleep(0.3)\n"
-    )
-    r = run_python(LIB + code, limits)
-    assert r.ok, r
+def test_a_setsid_double_fork_daemon_dies_with_the_call(mode, end):
+    limits = replace(require(mode), max_processes=4, wall_time_s=1.5)
+    r = run_python(LIB + DAEMON + ("time.sleep(0.3)\n" if end == "exit" else "time.sleep(30)\n"), limits)
+    assert r.ok if end == "exit" else r.timed_out, r
     pids = re.findall(r"^DAEMON (\d+)$", r.stdout, re.M)
     assert pids, r
     if mode == "default":
-        return  # a pid inside the run's pid namespace: nothing to look for on the host but the run ended
+        return  # a pid inside the run's own pid namespace, which died with its init
     pid = int(pids[0])
     time.sleep(0.2)
     try:
@@ -311,6 +315,22 @@ def test_a_setsid_double_fork_daemon_dies_with_the_call(mode):
     if alive:
         os.kill(pid, 9)
     assert not alive, f"the daemon {pid} outlived the call"
+    assert r.isolation["host_uid"] is not None
+    lease = os.path.join(sandbox._lease_dir(), str(r.isolation["host_uid"]))
+    assert not os.path.exists(lease + ".retired"), "the cleanup did not finish: the uid was retired"
+
+
+def test_the_code_holds_no_capability_and_cannot_nest_user_namespaces():
+    """A user namespace of its own must not become a way into more of the kernel."""
+    require("default")
+    code = "print(open('/proc/self/status').read())\n"
+    code += "print('UNSHARE', libc.unshare(0x10000000), ctypes.get_errno())\n"  # CLONE_NEWUSER
+    r = ok(code, DEFAULT)
+    caps = dict(re.findall(r"^(Cap\w+):\s+(\w+)$", r.stdout, re.M))
+    assert set(caps) >= {"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"}, r.stdout
+    assert all(int(v, 16) == 0 for v in caps.values()), caps
+    assert "UNSHARE -1" in r.stdout, r.stdout
+    assert r.isolation.get("user_namespace") is True, r.isolation
 
 
 # ---------------------------------------------------------------- the best-effort warning
