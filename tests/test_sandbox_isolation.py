@@ -285,6 +285,45 @@ def test_abstract_unix_sockets_do_not_reach_a_concurrent_run():
     assert "CONNECTED" not in a.stdout, a.stdout
 
 
+# ---------------------------------------------------------------- locks and notifications on shared files
+
+
+def test_file_locks_on_shared_host_files_carry_no_bit_to_a_concurrent_run():
+    """Both runs can open the same read-only host file; a lock one holds must not be visible to the other."""
+    limits = require("default")
+    lock = "def lock(path, how):\n    f = open(path)\n    try:\n        import fcntl\n"
+    lock += "        fcntl.flock(f, how)\n        return f, 'locked'\n    except OSError as e:\n"
+    lock += "        return f, e.errno\n"
+    victim = lock + "held = lock(os.__file__, 2)\nprint('VICTIM', held[1])\n"  # LOCK_EX
+    attacker = lock + "print('ATTACKER', lock(os.__file__, 2 | 4)[1])\n"  # LOCK_EX | LOCK_NB
+    attacker += "import fcntl, struct\nf = open(os.__file__)\n"
+    attacker += (
+        "try:\n    got = fcntl.fcntl(f, fcntl.F_GETLK, struct.pack('hhqqi', fcntl.F_WRLCK, 0, 0, 0, 0))\n"
+    )
+    attacker += "    print('GETLK', struct.unpack('hhqqi', got)[0] != fcntl.F_UNLCK)\n"
+    attacker += "except OSError as e:\n    print('GETLK', e.errno)\n"
+    v, a = concurrently(victim, attacker, limits)
+    assert v.ok and "PROBE" in a.stdout, (v, a)
+    assert "ATTACKER 11" not in a.stdout, f"the attacker saw the victim's lock (EWOULDBLOCK): {a.stdout}"
+    assert "GETLK True" not in a.stdout, a.stdout
+
+
+def test_no_change_notifications_on_shared_host_files():
+    """inotify on a shared read-only file would tell one run when another opens it."""
+    limits = require("default")
+    r = ok("fd = libc.inotify_init1(0)\nprint('INOTIFY', fd, ctypes.get_errno())", limits)
+    assert "INOTIFY -1 1" in r.stdout, r.stdout
+    r = ok("import fcntl\nfd = os.open('/etc', os.O_RDONLY)\ntry:\n    fcntl.fcntl(fd, 1026, 0x80000001)\n"
+           "    print('DNOTIFY armed')\nexcept OSError as e:\n    print('DNOTIFY', e.errno)", limits)  # fmt: skip
+    assert "DNOTIFY 37" in r.stdout, r.stdout
+
+
+def test_code_still_works_with_the_syscall_filter():
+    r = ok("import fcntl, sqlite3\nprint(sqlite3.connect(':memory:').execute('select 6*7').fetchone()[0])\n"
+           "print(fcntl.fcntl(1, fcntl.F_GETFL) >= 0)", require("default"))  # fmt: skip
+    assert r.stdout == "42\nTrue\n", r
+
+
 # ---------------------------------------------------------------- descendants
 
 

@@ -128,6 +128,72 @@ def _private_filesystem(cfg: dict, notes: list) -> str:
     return workdir
 
 
+# seccomp: a short deny-list for kernel interfaces through which concurrent runs could still signal each
+# other across every namespace (locks and change notifications on the read-only host files they share) and
+# rarely-needed ones with a long history of kernel bugs. Everything else is allowed.
+SECCOMP_MODE_FILTER, PR_SET_SECCOMP = 2, 22
+RET_ALLOW, RET_KILL_PROCESS, RET_ERRNO = 0x7FFF0000, 0x80000000, 0x00050000
+LD_ABS_W, JEQ_K, JGE_K, RET_K = 0x20, 0x15, 0x35, 0x06
+FCNTL_LOCKS = (5, 6, 7, 36, 37, 38, 1026)  # F_GETLK, F_SETLK(W), F_OFD_GETLK, F_OFD_SETLK(W), F_NOTIFY
+SECCOMP_ARCH = {
+    # machine: (AUDIT_ARCH, fcntl, denied syscalls: flock, inotify_init(1), fanotify_init, io_uring_setup,
+    #           io_uring_enter, io_uring_register, bpf, perf_event_open, userfaultfd)
+    "x86_64": (0xC000003E, 72, (73, 253, 294, 300, 425, 426, 427, 321, 298, 323)),
+    "aarch64": (0xC00000B7, 25, (32, 26, 262, 425, 426, 427, 280, 241, 282)),
+}.get(os.uname().machine)
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def _seccomp_program(arch: int, fcntl_nr: int, denied: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+    """The BPF program, as (code, jt, jf, k); jumps are relative to the next instruction.
+
+    seccomp_data: nr at offset 0, arch at 4, args[i] at 16 + 8 i (the low 32 bits first: little-endian).
+    """
+    n = len(denied)
+    # layout: 0 ld arch | 1 jeq arch | 2 ld nr | 3 jge x32 | 4..4+n-1 jeq denied | 4+n jeq fcntl | 5+n allow
+    #         6+n ld args[1] | 7+n.. jeq lock cmd | allow | errno(ENOLCK) | errno(EPERM) | kill
+    locks = len(FCNTL_LOCKS)
+    allow2 = 7 + n + locks
+    enolck, eperm, kill = allow2 + 1, allow2 + 2, allow2 + 3
+    prog = [(LD_ABS_W, 0, 0, 4), (JEQ_K, 0, kill - 2, arch), (LD_ABS_W, 0, 0, 0)]
+    prog.append((JGE_K, kill - 4, 0, 0x40000000))  # x32 ABI numbers (x86_64); none on aarch64
+    for i, nr in enumerate(denied):
+        prog.append((JEQ_K, eperm - (4 + i) - 1, 0, nr))
+    prog.append((JEQ_K, 1, 0, fcntl_nr))  # fcntl: on to the argument check; anything else: allowed
+    prog.append((RET_K, 0, 0, RET_ALLOW))
+    prog.append((LD_ABS_W, 0, 0, 16 + 8))
+    for i, cmd in enumerate(FCNTL_LOCKS):
+        prog.append((JEQ_K, enolck - (7 + n + i) - 1, 0, cmd))
+    prog += [(RET_K, 0, 0, RET_ALLOW), (RET_K, 0, 0, RET_ERRNO | 37), (RET_K, 0, 0, RET_ERRNO | 1)]
+    prog.append((RET_K, 0, 0, RET_KILL_PROCESS))
+    return prog
+
+
+def _install_syscall_filter() -> None:
+    if SECCOMP_ARCH is None:
+        raise OSError(f"no syscall filter for {os.uname().machine}: set SandboxLimits(syscall_filter=False)")
+    prog = _seccomp_program(*SECCOMP_ARCH)
+    insns = (_SockFilter * len(prog))(*(_SockFilter(*ins) for ins in prog))
+    fprog = _SockFprog(len(prog), insns)
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(
+            err, f"seccomp filter refused ({os.strerror(err)}): set SandboxLimits(syscall_filter=False)"
+        )
+
+
 def _deny(name: str):
     def blocked(*args, **kwargs):
         raise PermissionError(f"{name} is disabled in the sandbox")
@@ -246,6 +312,8 @@ def _worker(cfg: dict, code: str, workdir: str, parent_pid: int, netns: bool, sy
         if os.getppid() != parent_pid:  # the parent died before PDEATHSIG was armed
             os._exit(125)
         _disable_python_apis(block_sockets=not netns)
+        if cfg["syscall_filter"]:
+            _install_syscall_filter()  # last: it needs no_new_privs, and the setup needs none of these calls
     except BaseException as e:  # setup failure: report on stderr, distinct exit code
         os.write(2, f"sandbox setup failed: {type(e).__name__}: {e}\n".encode())
         os._exit(126)

@@ -5,28 +5,36 @@ everything up inside the child (see that file for the process tree) and then run
 enforces the wall-clock limit (SIGKILL to the child's own process group) and the output cap, and removes
 the temporary directory afterwards.
 
-What is isolated, and how (``SandboxResult.isolation`` reports what this host allowed):
+What is isolated, and how (``SandboxResult.isolation`` reports what this host allowed; docs/security.md
+has the full table, channel by channel):
 
 * Always: a separate process with a cleared environment (no host variables or secrets; HOME and cwd are
   a private directory), rlimits on CPU time, address space, file size, open files and core dumps,
   RLIMIT_NPROC for process/thread creation, a wall-clock timeout that kills the whole process group, an
-  output cap, friendly Python-level errors for ``os.system``/``subprocess``/``os.fork``.
-* When running as root: the code runs as uid/gid 65534 (nobody) with no supplementary groups and
-  ``no_new_privs``, so root-only files (``/root``, 0600 secrets) are unreadable, host processes cannot be
-  signalled, and RLIMIT_NPROC=0 really forbids fork (root would ignore it).
-* When ``unshare`` is permitted (root or CAP_SYS_ADMIN, as in this project's containers): a network
-  namespace with no interfaces but a down loopback (``network_isolation == "netns"``), a pid namespace
-  (the code sees only itself; everything it starts dies with the run), a mount namespace where the whole
-  host filesystem is read-only, ``/root``, ``/home`` and the other ``hidden_paths`` are masked by empty
-  tmpfs (the interpreter's own directory is re-bound read-only if it lives there), ``/tmp`` is a private
-  size-limited tmpfs holding the working directory, plus IPC and UTS namespaces.
-* Where namespaces are missing (``network_isolation == "best_effort"``): sockets are blocked only at the
-  Python level (ctypes can bypass it), the code shares the host filesystem view (as ``nobody`` it can
-  still read world-readable files and write to world-writable ones such as /tmp), and it can see host
-  processes in /proc (including their command lines). Without root there is no uid drop either: the code
-  runs as the caller's user and can read what that user can.
-* Never: seccomp syscall filtering or cgroup accounting; kernel vulnerabilities are out of scope; with
-  ``max_processes > 0`` the RLIMIT_NPROC budget is shared by every process of that uid on the host.
+  output cap, friendly Python-level errors for ``os.system``/``subprocess``/``os.fork``, a session keyring
+  of its own.
+* When running as root: every run leases a host uid of its own (``host_uid_base`` + a free slot, held
+  by an flock for the run's length), drops to it with no supplementary groups and ``no_new_privs``, so
+  root-only files are unreadable, host processes and concurrent runs cannot be signalled, RLIMIT_NPROC
+  really forbids fork (root would ignore it) and counts this run alone.
+* Default mode (``isolation["mode"] == "namespaces"``; needs root or CAP_SYS_ADMIN, as in this project's
+  containers): network, pid, mount, IPC, UTS and user namespaces. The network namespace has only a down
+  loopback (``network_isolation == "netns"``; abstract unix sockets are per namespace too); the pid
+  namespace shows the code only itself and everything it starts dies with the run; in the mount namespace
+  the host filesystem is read-only, ``hidden_paths`` are masked by empty tmpfs and ``/tmp`` is a private
+  size-limited tmpfs holding the working directory; the user namespace maps ``uid`` inside to the
+  leased host uid, holds no capability, forbids nested user namespaces and gives the run user keyrings
+  that die with it. Nothing written by one run is visible to a later or a concurrent one.
+* Best-effort mode (``namespaces=False`` or a host that refuses them; warned once per process with a
+  ``SandboxIsolationWarning``): the boot process is a child subreaper and at the end of the call kills
+  every descendant (setsid + double-fork daemons included) and removes what the run's uid left: its
+  keyrings, its SysV IPC objects, its entries at the top of /tmp, /var/tmp, /dev/shm, /dev/mqueue. Not
+  protected there: sockets are blocked only at the Python level (ctypes bypasses it), the code sees the
+  host filesystem and /proc, and concurrent runs that cooperate can still exchange data through
+  world-writable places, IPC objects and abstract sockets they open to others. Without root there is no
+  uid of its own either: the code runs as the caller.
+* Never: seccomp syscall filtering or cgroup accounting; kernel vulnerabilities and timing channels are
+  out of scope.
 """
 
 from __future__ import annotations
@@ -75,7 +83,8 @@ class SandboxLimits:
     # the code's uid/gid inside its user namespace, or its real uid where there are no namespaces
     host_uid_base: int = 2_000_000_000
     host_uid_count: int = 65536
-    namespaces: bool = True  # try net/mount/pid namespaces; fall back silently when not permitted
+    namespaces: bool = True  # try net/mount/pid/ipc/user namespaces; fall back (with a warning) when refused
+    syscall_filter: bool = True  # seccomp deny-list: file locks, inotify, io_uring, bpf, perf, userfaultfd
     hidden_paths: tuple[str, ...] = ("/root", "/home", "/run/secrets", "/var/run/secrets")
     preload_modules: tuple[str, ...] = DEFAULT_PRELOAD  # imported before the uid drop
     site_packages: bool = False  # let the code import the host's installed packages (numpy, sympy ...)
@@ -193,6 +202,7 @@ def _config(limits: SandboxLimits, workdir: str, status_fd: int, host_uid: int |
         "max_processes": limits.max_processes, "uid": limits.uid, "gid": limits.gid,
         "hidden_paths": list(limits.hidden_paths), "keep_paths": keep, "extra_sys_path": extra,
         "preload_modules": list(limits.preload_modules), "host_uid": host_uid,
+        "syscall_filter": limits.syscall_filter,
         "tempdir": tempfile.gettempdir(),
     }  # fmt: skip
 
