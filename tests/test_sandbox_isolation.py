@@ -318,6 +318,22 @@ def test_no_change_notifications_on_shared_host_files():
     assert "DNOTIFY 37" in r.stdout, r.stdout
 
 
+def test_syscalls_with_a_large_kernel_surface_are_refused():
+    require("default")
+    nrs = {"x86_64": {"io_uring_setup": 425, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323},
+           "aarch64": {"io_uring_setup": 425, "bpf": 280, "perf_event_open": 241, "userfaultfd": 282}}  # fmt: skip
+    table = nrs.get(os.uname().machine)
+    if table is None:
+        pytest.skip("syscall numbers known for x86_64 and aarch64 only")
+    code = f"for name, nr in {table!r}.items():\n"
+    code += "    print(name, libc.syscall(L(nr), L(0), L(0), L(0), L(0), L(0)), ctypes.get_errno())\n"
+    code += "print('getpid', libc.syscall(L(39 if os.uname().machine == 'x86_64' else 172)) > 0)\n"
+    r = ok(code, DEFAULT)
+    for name in table:
+        assert f"{name} -1 1\n" in r.stdout, r.stdout  # EPERM from the filter, not EINVAL/EFAULT
+    assert "getpid True" in r.stdout
+
+
 def test_code_still_works_with_the_syscall_filter():
     r = ok("import fcntl, sqlite3\nprint(sqlite3.connect(':memory:').execute('select 6*7').fetchone()[0])\n"
            "print(fcntl.fcntl(1, fcntl.F_GETFL) >= 0)", require("default"))  # fmt: skip

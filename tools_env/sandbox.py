@@ -33,8 +33,9 @@ has the full table, channel by channel):
   host filesystem and /proc, and concurrent runs that cooperate can still exchange data through
   world-writable places, IPC objects and abstract sockets they open to others. Without root there is no
   uid of its own either: the code runs as the caller.
-* Never: seccomp syscall filtering or cgroup accounting; kernel vulnerabilities and timing channels are
-  out of scope.
+* Both modes: a seccomp deny-list (``syscall_filter``) for file locks and change notifications on the
+  read-only host files concurrent runs share, and for io_uring, bpf, perf_event_open, userfaultfd.
+* Never: cgroup accounting; kernel vulnerabilities and timing/cache side channels are out of scope.
 """
 
 from __future__ import annotations
