@@ -378,7 +378,8 @@ def _init(cfg: dict, code: str, workdir: str, status_fd: int, alive_fd: int, net
     if userns:
         os.close(ready_w)
         os.close(go_r)
-        entered = os.read(ready_r, 1) == b"1"
+        answer = os.read(ready_r, 1)  # b"1" entered, b"0" refused, b"" the worker died in its setup
+        entered = answer == b"1"
         if entered:
             try:
                 _map_user_namespace(pid, cfg)
@@ -388,7 +389,8 @@ def _init(cfg: dict, code: str, workdir: str, status_fd: int, alive_fd: int, net
                 _status(status_fd, userns_error=f"{type(e).__name__}: {e}")
         os.close(ready_r)
         os.close(go_w)
-        _status(status_fd, user_namespace=entered)
+        if answer:
+            _status(status_fd, user_namespace=entered)
     while True:
         try:
             done, st = os.wait()

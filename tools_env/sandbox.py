@@ -333,10 +333,12 @@ def run_python(code: str, limits: SandboxLimits | None = None) -> SandboxResult:
 def _run_once(code: str, limits: SandboxLimits) -> tuple[SandboxResult, dict[str, Any]]:
     with _lease_uid(limits) as (host_uid, lease):
         result, status = _run_as(code, limits, host_uid)
+        started = "report" in status  # boot got as far as starting the code under that uid
         if (
-            host_uid is not None
-            and status.get("cleaned") is not True
-            and not result.isolation.get("user_namespace")
+            started
+            and host_uid is not None
+            and not status.get("cleaned")
+            and not status.get("user_namespace")
         ):
             _kill_uid(host_uid)  # boot did not finish its cleanup: what that uid left may persist
             Path(lease + ".retired").touch()
