@@ -14,6 +14,9 @@ checkpoint's weights were cut short, dies here instead, in one line naming the k
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +70,8 @@ def check_data_file(fmt: str, path: str, on_error: str) -> int:
     if not Path(path).expanduser().is_file():
         raise _fail("data.path", path, "no such file")
     try:
-        records = readers[fmt](str(Path(path).expanduser()), on_error=on_error)
+        with _quiet_readers():
+            records = readers[fmt](str(Path(path).expanduser()), on_error=on_error)
     except (ValueError, OSError, UnicodeDecodeError, RecursionError) as e:
         raise _fail("data.path", path, f"not a {fmt} file ({_one_line(e)})") from e
     if not records:
@@ -85,7 +89,8 @@ def check_annotation_file(path: str, fmt: str) -> int:
         raise _fail("reward.file_path", path, "no such file")
     kind = file_format(p, fmt)
     try:
-        found = read_jsonl_annotations(p) if kind == "jsonl" else read_steptool_annotations(p)
+        with _quiet_readers():
+            found = read_jsonl_annotations(p) if kind == "jsonl" else read_steptool_annotations(p)
     except (ValueError, OSError, UnicodeDecodeError, RecursionError, KeyError, TypeError) as e:
         raise _fail("reward.file_path", path, f"not a {kind} annotation file ({_one_line(e)})") from e
     if not found:
@@ -116,6 +121,18 @@ def check_suite_tasks(cfg: StepRLConfig) -> dict[str, int]:
             raise _fail("data.suite", cfg.data.suite, f"has no {split} tasks")
         counts[split] = len(tasks)
     return counts
+
+
+@contextlib.contextmanager
+def _quiet_readers() -> Iterator[None]:
+    """No per-record warnings here: training reads the file again and reports its skipped records then."""
+    quiet = logging.getLogger("steprl.data")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
 
 
 def _one_line(e: BaseException) -> str:

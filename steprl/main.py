@@ -428,6 +428,7 @@ def _hydra(recipe: str, args: list[str]) -> int:
     saved = sys.argv
     sys.argv = [saved[0] if saved and saved[0] else "steprl.main", *flags, *overrides, *extra, _searchpath()]
     GlobalHydra.instance().clear()
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # a crash in training: its whole traceback, raised
     try:
         app()
     finally:

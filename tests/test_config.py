@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +76,69 @@ def test_every_recipe_composes_and_validates(recipe):
         assert cfg.reward.step_grained is False
     if cfg.algorithm.estimator in ("grpo", "rloo", "reinforce_pp"):
         assert cfg.algorithm.use_critic is False
+
+
+# ---- input files are parsed before Ray starts and before anything is written (issue 14, finding 6) --
+
+
+def _fake_model(tmp_path: Path) -> Path:
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text("{}")
+    return model
+
+
+BAD_INPUTS = [
+    (["recipe=sft", "data.format=steptool_sft_json"], "data.path", "{not json", "not a steptool_sft_json"),
+    (["recipe=sft", "data.format=steptool_sft_json"], "data.path", '{"q1": {"instances": "x"}}', "no usable"),
+    (["recipe=eto", "data.format=steptool_eto_csv"], "data.path", "just one line\n", "steptool_eto_csv"),
+    (["recipe=steptool_compat", "data.format=steptool_csv"], "data.path", "prompt\tresponse\n[\t]\n", "csv"),
+    (["reward.source=file"], "reward.file_path", "{truncated", "not a steptool_json annotation file"),
+    (["reward.source=file"], "reward.file_path", '{"q": {"bad": 1}}\n', "no annotation"),
+]
+
+
+@pytest.mark.parametrize(("args", "key", "content", "needle"), BAD_INPUTS)
+def test_input_file_that_does_not_parse_is_one_line_naming_key_and_file(tmp_path, args, key, content, needle):
+    from steprl.inputs import InputError, check_inputs
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    cfg, _ = load_config([*args, f"{key}={bad}"])
+    with pytest.raises(InputError) as err:
+        check_inputs(cfg)
+    message = str(err.value)
+    assert f"{key}={bad}" in message and needle in message and "\n" not in message
+
+
+def test_cli_input_file_that_does_not_parse_fails_before_anything_starts(tmp_path):
+    """Before: only the file's existence was checked; the run wrote config.yaml, started Ray and died
+    with a traceback ~25 s later. Now: one line naming the key and the file, exit 2, nothing written."""
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"q1": {"instances": "x"}}')
+    args = [
+        "recipe=sft",
+        "data.format=steptool_sft_json",
+        f"data.path={bad}",
+        f"model.path={_fake_model(tmp_path)}",
+    ]
+    proc = _run_main(args, tmp_path)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "input error: data.path=" in lines[0] and "no usable" in lines[0], proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_input_files_that_parse_pass_the_checks(tmp_path):
+    from steprl.inputs import check_inputs
+
+    sft = tmp_path / "sft.json"
+    conv = [
+        {"from": "system", "value": "s"},
+        {"from": "user", "value": "q"},
+        {"from": "assistant", "value": "a"},
+    ]
+    sft.write_text(json.dumps({"q1": {"instances": [{"conversations": conv}]}}))
+    cfg, _ = load_config(["recipe=sft", "data.format=steptool_sft_json", f"data.path={sft}"])
+    found = check_inputs(cfg)
+    assert found["data.path"] == 1 and found["tasks"] == {"train": 2000, "test": 64}
