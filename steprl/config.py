@@ -300,22 +300,24 @@ def _check(ok: bool, key: str, msg: str) -> None:
 
 
 def unknown_keys(cfg: Any, schema: type = StepRLConfig, prefix: str = "") -> list[str]:
-    """Keys of a composed config that the schema does not have (``+trainer.total_iteratons=1``).
+    """Keys of a composed config that the schema does not have (``+trainer.total_iteratons=1``), each
+    named down to a leaf (``+odel.path=x`` -> ``odel.path``).
 
     Hydra's ``+key=value`` adds keys even to a structured config, and ``OmegaConf.to_object`` then
     drops them silently, so a misspelled key would be written into config.yaml and ignored.
     """
     found = []
-    names = {f.name: f for f in fields(schema)}
-    for key in cfg.keys() if hasattr(cfg, "keys") else []:
-        if key == "hydra":
+    names = {f.name: f for f in fields(schema)} if schema is not None else {}
+    for key in cfg.keys() if OmegaConf.is_dict(cfg) else []:
+        if key == "hydra" and not prefix:
             continue
         path = f"{prefix}{key}"
+        value = cfg._get_node(key)
         if key not in names:
-            found.append(path)
+            leaves = unknown_keys(value, None, f"{path}.") if OmegaConf.is_dict(value) else []
+            found += leaves or [path]
             continue
         sub = names[key].type
-        value = cfg[key] if not OmegaConf.is_missing(cfg, key) else None
         sub_type = _DATACLASSES.get(sub if isinstance(sub, str) else getattr(sub, "__name__", ""))
         if sub_type is not None and OmegaConf.is_dict(value):
             found += unknown_keys(value, sub_type, f"{path}.")
@@ -328,12 +330,19 @@ def check_known_keys(cfg: Any) -> None:
     if not bad:
         return
     key = bad[0]
-    parent, _, leaf = key.rpartition(".")
+    parts = key.split(".")
     schema: type = StepRLConfig
-    for part in parent.split(".") if parent else []:
-        schema = _DATACLASSES[str(next(f.type for f in fields(schema) if f.name == part))]
-    close = difflib.get_close_matches(leaf, [f.name for f in fields(schema)], n=1)
-    hint = f"; did you mean {(parent + '.' if parent else '') + close[0]}?" if close else ""
+    known_prefix: list[str] = []
+    options: dict[str, Any] = {}
+    for part in parts:  # the first segment the schema does not know, and the names it offers there
+        options = {f.name: f for f in fields(schema)}
+        if part not in options or str(options[part].type) not in _DATACLASSES:
+            break
+        known_prefix.append(part)
+        schema = _DATACLASSES[str(options[part].type)]
+    wrong = parts[min(len(known_prefix), len(parts) - 1)]
+    close = difflib.get_close_matches(wrong, list(options), n=1)
+    hint = f"; did you mean {'.'.join([*known_prefix, close[0]])}?" if close else ""
     raise ConfigError(f"config error: {key} is not a config key{hint}")
 
 

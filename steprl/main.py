@@ -68,8 +68,24 @@ def compose_config(recipe: str, overrides: list[str]):
         with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base="1.3"):
             return compose(config_name=recipe, overrides=[*overrides, _searchpath()])
     except (HydraException, OmegaConfBaseException) as e:
+        bad = _unparsable(overrides)
+        if bad is not None:  # Hydra's parse errors quote the token, not the override: name it
+            raise UserError(f"config error: cannot parse override {bad[0]!r} ({bad[1]})") from e
         cause = f" ({_first_line(e.__cause__)})" if e.__cause__ else ""
         raise UserError(f"config error: {_first_line(e)}{cause}") from e
+
+
+def _unparsable(overrides: list[str]) -> tuple[str, str] | None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for o in overrides:
+        try:
+            parser.parse_override(o)
+        except HydraException as e:
+            return o, _first_line(e)
+    return None
 
 
 def load_config(argv: list[str]):

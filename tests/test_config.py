@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +143,70 @@ def test_input_files_that_parse_pass_the_checks(tmp_path):
     cfg, _ = load_config(["recipe=sft", "data.format=steptool_sft_json", f"data.path={sft}"])
     found = check_inputs(cfg)
     assert found["data.path"] == 1 and found["tasks"] == {"train": 2000, "test": 64}
+
+
+# ---- fuzzed: random override sets validate or fail in one line naming the key (issue 14) ----------
+
+
+def _leaf_keys() -> list[str]:
+    from dataclasses import fields, is_dataclass
+
+    from steprl.config import StepRLConfig
+
+    out = []
+
+    def walk(obj, prefix):
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                out.append(f"{prefix}{f.name}")
+
+    walk(StepRLConfig(), "")
+    return out
+
+
+LEAF_KEYS = _leaf_keys()
+FUZZ_EXAMPLES = int(os.environ.get("STEPRL_FUZZ_EXAMPLES", "15"))  # raise it to fuzz longer (docs/cli.md)
+
+
+def _overrides():
+    from hypothesis import strategies as st
+
+    def typo(key: str):
+        return st.integers(0, len(key) - 1).map(
+            lambda i: key[:i] + key[i + 1 :] if key[i] != "." else key + "x"
+        )
+
+    key = st.sampled_from(LEAF_KEYS).flatmap(lambda k: st.one_of(st.just(k), typo(k)))
+    value = st.one_of(
+        st.integers(-(10**6), 10**6).map(str),
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+        st.sampled_from(["true", "false", "null", "[]", "[a,b]", "{}", "''", "auto", "never", "hf", "none"]),
+        st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=8),
+    )
+    item = st.tuples(st.sampled_from(["", "+", "++"]), key, value).map(
+        lambda t: (t[1], f"{t[0]}{t[1]}={t[2]}")
+    )
+    return st.lists(item, min_size=1, max_size=3, unique_by=lambda t: t[0])
+
+
+def test_fuzzed_overrides_validate_or_fail_in_one_line_naming_a_key():
+    from hypothesis import HealthCheck, given, settings
+
+    from steprl.config import StepRLConfig
+
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(_overrides())
+    def check(items):
+        try:
+            cfg, _ = load_config([o for _, o in items])
+        except UserError as e:
+            message = str(e)
+            assert "\n" not in message, message
+            assert any(k in message for k, _ in items), (items, message)
+            return
+        assert isinstance(cfg, StepRLConfig)
+
+    check()
