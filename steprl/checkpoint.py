@@ -14,11 +14,18 @@ Layout (written by ``Controller.save_checkpoint``)::
     critic_state/   the same for the critic
     trainer_state.json  iteration, data cursor + task order, Python RNG, KL controller, reward normalizer
     controller_rng.pt   the controller's torch RNG state
+    MANIFEST.json   size and sha256 of every file above (written after them, before the marker)
     COMPLETE
+
+Before a run resumes from a checkpoint, :func:`verify_checkpoint` re-hashes every file against the
+manifest: truncated or altered weights fail in one line before anything starts, instead of inside a
+worker minutes later. ``trainer.resume=auto`` refuses a corrupt newest checkpoint (naming the newest
+intact one to resume from explicitly) rather than silently going back iterations.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -29,7 +36,10 @@ from typing import Any
 
 COMPLETE = "COMPLETE"
 STATE_FILE = "trainer_state.json"
+MANIFEST = "MANIFEST.json"
 FORMAT_VERSION = 1
+_CHUNK = 1 << 20
+_VERIFIED: set[tuple[str, int]] = set()  # (checkpoint, marker mtime) verified in this process
 
 
 class CheckpointError(RuntimeError):
@@ -63,6 +73,7 @@ def write_checkpoint(final: Path, fill: Callable[[Path], None], meta: dict[str, 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     fill(tmp)
+    write_manifest(tmp)
     fsync_tree(tmp)
     marker = tmp / COMPLETE
     with open(marker, "w") as f:  # written last: its presence vouches for everything above
@@ -78,6 +89,76 @@ def write_checkpoint(final: Path, fill: Callable[[Path], None], meta: dict[str, 
     _fsync_path(final.parent)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _content_files(root: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.relative_to(root).as_posix() not in (MANIFEST, COMPLETE)
+    )
+
+
+def write_manifest(root: Path) -> dict[str, Any]:
+    """``MANIFEST.json``: ``{relative path: {"size", "sha256"}}`` of every file under ``root``."""
+    root = Path(root)
+    files = {
+        p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in _content_files(root)
+    }
+    manifest = {"format_version": FORMAT_VERSION, "files": files}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Every file of the manifest is there with its size and sha256, and no file is unlisted.
+
+    Raises :class:`CheckpointError` with one line naming the checkpoint and the first bad file.
+    """
+    path = Path(path)
+    if not is_complete(path):
+        raise CheckpointError(f"checkpoint {path} has no {COMPLETE} marker (partial write)")
+    stamp = (str(path.resolve()), (path / COMPLETE).stat().st_mtime_ns)
+    if stamp in _VERIFIED:  # the same run checks it where the run dir is resolved and again to load it
+        return
+    try:
+        files = json.loads((path / MANIFEST).read_text())["files"]
+    except FileNotFoundError as e:
+        raise CheckpointError(f"checkpoint {path} has no {MANIFEST}: its content cannot be verified") from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST} does not parse ({type(e).__name__})") from e
+    for rel, want in sorted(files.items()):
+        f = path / rel
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {path} is corrupt: {rel} is missing")
+        if f.stat().st_size != want["size"]:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: {rel} has {f.stat().st_size} bytes, the manifest {want['size']}"
+            )
+        if sha256_file(f) != want["sha256"]:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {rel} does not match its sha256")
+    extra = [p.relative_to(path).as_posix() for p in _content_files(path)]
+    unlisted = sorted(set(extra) - set(files))
+    if unlisted:
+        raise CheckpointError(f"checkpoint {path} is corrupt: {unlisted[0]} is not in its {MANIFEST}")
+    _VERIFIED.add(stamp)
+
+
+def verify_resume_point(path: Path) -> None:
+    """The checkpoint and, when its run did the SFT cold start, the ``sft`` checkpoint it starts from."""
+    verify_checkpoint(path)
+    sft = Path(path).parent / "sft"
+    if Path(path).name != "sft" and read_state(path).get("sft_done") and sft.is_dir():
+        verify_checkpoint(sft)
 
 
 def is_complete(path: Path) -> bool:
@@ -123,13 +204,35 @@ def resolve_resume(mode: str, run_dir: Path) -> Path | None:
     if mode == "never":
         return None
     if mode == "auto":
-        return latest_checkpoint(run_dir)
+        ckpts = list_checkpoints(run_dir)
+        if not ckpts:
+            return None
+        newest = ckpts[-1][1]
+        try:
+            verify_resume_point(newest)
+        except CheckpointError as e:
+            intact = next((p for _, p in reversed(ckpts[:-1]) if _intact(p)), None)
+            hint = f"; resume from trainer.resume={intact}" if intact else "; no older intact checkpoint"
+            raise CheckpointError(f"trainer.resume=auto: {e}{hint}, or delete it") from e
+        return newest
     path = Path(mode).expanduser()
     if not path.is_dir():
         raise CheckpointError(f"trainer.resume={mode}: no such checkpoint directory")
     if not is_complete(path):
         raise CheckpointError(f"trainer.resume={mode}: checkpoint has no {COMPLETE} marker (partial write)")
+    try:
+        verify_resume_point(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"trainer.resume={mode}: {e}") from e
     return path.resolve()
+
+
+def _intact(path: Path) -> bool:
+    try:
+        verify_resume_point(path)
+    except CheckpointError:
+        return False
+    return True
 
 
 def truncate_metrics(path: Path, iteration: int) -> list[dict[str, Any]]:

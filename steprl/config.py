@@ -1,13 +1,15 @@
-"""Typed configuration: dataclasses registered with Hydra's ConfigStore, validated once at start.
+"""Typed configuration: the schema (dataclasses registered with Hydra's ConfigStore) and its range checks.
 
-The controller resolves and validates the config, then hands frozen copies to workers; nothing
-downstream mutates it. A typo in an override or a wrong type fails in Hydra with the key named;
-values out of range fail in :func:`validate` with a one-line message.
+A leaf module: it imports nothing of steprl, so every other module may import it. What needs the
+registries (methods, estimators, engines, reward sources, suites) or the input files is checked in
+:mod:`steprl.validation`, the one entry point that turns a composed config into a
+:class:`StepRLConfig`. Nothing downstream mutates the config.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -289,7 +291,7 @@ def register_configs() -> None:
 
 
 class ConfigError(ValueError):
-    """A config value is out of range; the message names the key."""
+    """A config value is out of range or a key is unknown; the message is one line naming the key."""
 
 
 def _check(ok: bool, key: str, msg: str) -> None:
@@ -297,31 +299,63 @@ def _check(ok: bool, key: str, msg: str) -> None:
         raise ConfigError(f"config error: {key} {msg}")
 
 
-def _validate_reward(r: RewardConfig) -> None:
-    """Reward sources exist and give the components asked of them; the settings of those in use."""
-    from pathlib import Path
+def unknown_keys(cfg: Any, schema: type = StepRLConfig, prefix: str = "") -> list[str]:
+    """Keys of a composed config that the schema does not have (``+trainer.total_iteratons=1``), each
+    named down to a leaf (``+odel.path=x`` -> ``odel.path``).
 
-    from steprl.reward_sources import (
-        JUDGE_MODEL_ENV,
-        JUDGE_URL_ENV,
-        REWARD_SOURCES,
-        component_plan,
-        get_source_class,
-        reward_env,
-    )
+    Hydra's ``+key=value`` adds keys even to a structured config, and ``OmegaConf.to_object`` then
+    drops them silently, so a misspelled key would be written into config.yaml and ignored.
+    """
+    found = []
+    names = {f.name: f for f in fields(schema)} if schema is not None else {}
+    for key in cfg.keys() if OmegaConf.is_dict(cfg) else []:
+        if key == "hydra" and not prefix:
+            continue
+        path = f"{prefix}{key}"
+        value = cfg._get_node(key)
+        if key not in names:
+            leaves = unknown_keys(value, None, f"{path}.") if OmegaConf.is_dict(value) else []
+            found += leaves or [path]
+            continue
+        sub = names[key].type
+        sub_type = _DATACLASSES.get(sub if isinstance(sub, str) else getattr(sub, "__name__", ""))
+        if sub_type is not None and OmegaConf.is_dict(value):
+            found += unknown_keys(value, sub_type, f"{path}.")
+    return found
 
-    known = sorted(REWARD_SOURCES)
+
+def check_known_keys(cfg: Any) -> None:
+    """One line naming the first unknown key, with the closest known key when there is one."""
+    bad = unknown_keys(cfg)
+    if not bad:
+        return
+    key = bad[0]
+    parts = key.split(".")
+    schema: type = StepRLConfig
+    known_prefix: list[str] = []
+    options: dict[str, Any] = {}
+    for part in parts:  # the first segment the schema does not know, and the names it offers there
+        options = {f.name: f for f in fields(schema)}
+        if part not in options or str(options[part].type) not in _DATACLASSES:
+            break
+        known_prefix.append(part)
+        schema = _DATACLASSES[str(options[part].type)]
+    wrong = parts[min(len(known_prefix), len(parts) - 1)]
+    close = difflib.get_close_matches(wrong, list(options), n=1)
+    hint = f"; did you mean {'.'.join([*known_prefix, close[0]])}?" if close else ""
+    raise ConfigError(f"config error: {key} is not a config key{hint}")
+
+
+def to_typed(cfg: Any) -> StepRLConfig:
+    """The composed DictConfig as the typed object, refusing keys the schema does not have."""
+    if isinstance(cfg, StepRLConfig):
+        return cfg
+    check_known_keys(cfg)
+    return OmegaConf.to_object(cfg)
+
+
+def _check_reward(r: RewardConfig) -> None:
     _check(r.num_workers >= 1, "reward.num_workers", "must be >= 1")
-    for comp, src in component_plan(r).items():
-        key = f"reward.{comp}_source" if getattr(r, f"{comp}_source") else "reward.source"
-        _check(src in known, key, f"must be one of {known}, got {src!r}")
-        gives = sorted(get_source_class(src).components)
-        _check(comp in gives, key, f"{src!r} gives only {gives}, not {comp}; set reward.{comp}_source")
-    fb = r.unscored_fallback
-    _check(
-        fb == "zero" or fb in known, "reward.unscored_fallback", f"must be zero or one of {known}, got {fb!r}"
-    )
-    used = set(component_plan(r).values()) | ({fb} - {"zero"})
     _check(r.judge_mode in ("json_schema", "tool"), "reward.judge_mode", "must be json_schema or tool")
     _check(r.judge_samples >= 1, "reward.judge_samples", "must be >= 1")
     _check(r.judge_concurrency >= 1, "reward.judge_concurrency", "must be >= 1")
@@ -331,122 +365,59 @@ def _validate_reward(r: RewardConfig) -> None:
     _check(r.judge_temperature >= 0, "reward.judge_temperature", "must be >= 0")
     _check(r.judge_max_tokens >= 1, "reward.judge_max_tokens", "must be >= 1")
     _check(r.judge_max_observation_chars >= 1, "reward.judge_max_observation_chars", "must be >= 1")
-    if "judge" in used:
-        env = reward_env(r)
-        url = r.judge_url or env.get(JUDGE_URL_ENV, "")
-        _check(
-            url.startswith(("http://", "https://")),
-            "reward.judge_url",
-            f"must be an http(s) URL (or set {JUDGE_URL_ENV}), got {url!r}",
-        )
-        _check(
-            bool(r.judge_model or env.get(JUDGE_MODEL_ENV)),
-            "reward.judge_model",
-            f"must be set (or {JUDGE_MODEL_ENV})",
-        )
     _check(r.prm_batch_size >= 1, "reward.prm_batch_size", "must be >= 1")
     _check(
         r.prm_device in ("cpu", "cuda") or r.prm_device.startswith("cuda:"),
         "reward.prm_device",
         "must be cpu or cuda[:i]",
     )
-    if "prm" in used:
-        _check(
-            Path(r.prm_path).expanduser().is_dir(),
-            "reward.prm_path",
-            f"must be a PRM directory, got {r.prm_path!r}",
-        )
     _check(
         r.file_format in ("auto", "steptool_json", "jsonl"),
         "reward.file_format",
         "must be auto, steptool_json or jsonl",
     )
     _check(r.file_missing in ("error", "unscored"), "reward.file_missing", "must be error or unscored")
-    if "file" in used:
-        _check(
-            Path(r.file_path).expanduser().is_file(),
-            "reward.file_path",
-            f"must be an annotation file, got {r.file_path!r}",
-        )
+    _check(r.normalize in ("none", "scale", "center"), "reward.normalize", "must be none, scale or center")
+    _check(r.alpha >= 0, "reward.alpha", f"must be >= 0, got {r.alpha}")
 
 
-def validate(cfg: Any) -> StepRLConfig:
-    """Convert to the typed object and check ranges (types were checked by OmegaConf)."""
-    c: StepRLConfig = OmegaConf.to_object(cfg) if not isinstance(cfg, StepRLConfig) else cfg
-    from steprl.algorithms.advantages import ADVANTAGE_ESTIMATORS
-    from steprl.algorithms.losses import AGG_MODES, KL_KINDS
-    from steprl.engines import ENGINES
+def _check_algorithm(a: AlgorithmConfig) -> None:
+    _check(a.kl_in in ("loss", "reward"), "algorithm.kl_in", "must be 'loss' or 'reward'")
+    _check(0.0 <= a.gamma <= 1.0, "algorithm.gamma", f"must be in [0, 1], got {a.gamma}")
+    _check(0.0 <= a.lam <= 1.0, "algorithm.lam", f"must be in [0, 1], got {a.lam}")
+    _check(a.kl_coef >= 0, "algorithm.kl_coef", "must be >= 0")
+    _check(a.ppo_epochs >= 1, "algorithm.ppo_epochs", "must be >= 1")
+    _check(a.num_mini_batches >= 1, "algorithm.num_mini_batches", "must be >= 1")
+    _check(a.rollout_is in ("auto", "on", "off"), "algorithm.rollout_is", "must be auto, on or off")
+    _check(a.rollout_is_cap > 0, "algorithm.rollout_is_cap", "must be > 0")
 
+
+def _check_rollout(r: RolloutConfig) -> None:
+    _check(r.temperature >= 0, "rollout.temperature", "must be >= 0")
+    _check(r.eval_temperature >= 0, "rollout.eval_temperature", "must be >= 0")
+    _check(r.group_size >= 1, "rollout.group_size", "must be >= 1")
+    _check(r.eval_samples >= 1, "rollout.eval_samples", "must be >= 1")
+    _check(r.max_turns >= 1, "rollout.max_turns", "must be >= 1")
+    _check(r.max_tokens_per_turn >= 1, "rollout.max_tokens_per_turn", "must be >= 1")
     _check(
-        c.rollout.engine in ENGINES,
-        "rollout.engine",
-        f"must be one of {sorted(ENGINES)}, got {c.rollout.engine!r}",
-    )
-    _check(
-        c.algorithm.estimator in ADVANTAGE_ESTIMATORS,
-        "algorithm.estimator",
-        f"must be one of {sorted(ADVANTAGE_ESTIMATORS)}, got {c.algorithm.estimator!r}",
-    )
-    _check(c.algorithm.loss_agg in AGG_MODES, "algorithm.loss_agg", f"must be one of {AGG_MODES}")
-    _check(c.algorithm.kl_kind in KL_KINDS, "algorithm.kl_kind", f"must be one of {KL_KINDS}")
-    _check(c.algorithm.kl_in in ("loss", "reward"), "algorithm.kl_in", "must be 'loss' or 'reward'")
-    _check(0.0 <= c.algorithm.gamma <= 1.0, "algorithm.gamma", f"must be in [0, 1], got {c.algorithm.gamma}")
-    _check(0.0 <= c.algorithm.lam <= 1.0, "algorithm.lam", f"must be in [0, 1], got {c.algorithm.lam}")
-    _check(c.algorithm.kl_coef >= 0, "algorithm.kl_coef", "must be >= 0")
-    _check(c.algorithm.ppo_epochs >= 1, "algorithm.ppo_epochs", "must be >= 1")
-    _check(c.algorithm.num_mini_batches >= 1, "algorithm.num_mini_batches", "must be >= 1")
-    _check(
-        c.reward.normalize in ("none", "scale", "center"), "reward.normalize", "must be none, scale or center"
-    )
-    _check(c.reward.alpha >= 0, "reward.alpha", f"must be >= 0, got {c.reward.alpha}")
-    _validate_reward(c.reward)
-    _check(c.rollout.temperature >= 0, "rollout.temperature", "must be >= 0")
-    _check(c.rollout.group_size >= 1, "rollout.group_size", "must be >= 1")
-    _check(c.rollout.eval_samples >= 1, "rollout.eval_samples", "must be >= 1")
-    _check(c.rollout.max_turns >= 1, "rollout.max_turns", "must be >= 1")
-    _check(c.rollout.max_tokens_per_turn >= 1, "rollout.max_tokens_per_turn", "must be >= 1")
-    _check(
-        c.rollout.max_response_tokens >= c.rollout.max_tokens_per_turn,
+        r.max_response_tokens >= r.max_tokens_per_turn,
         "rollout.max_response_tokens",
         "must be >= rollout.max_tokens_per_turn",
     )
-    _check(
-        0.0 < c.rollout.gpu_memory_utilization <= 1.0, "rollout.gpu_memory_utilization", "must be in (0, 1]"
-    )
-    _check(c.rollout.num_workers >= 1, "rollout.num_workers", "must be >= 1")
-    ts = c.rollout.tool_server
+    _check(r.max_model_len >= 2, "rollout.max_model_len", "must be >= 2")
+    _check(0.0 < r.gpu_memory_utilization <= 1.0, "rollout.gpu_memory_utilization", "must be in (0, 1]")
+    _check(r.num_workers >= 1, "rollout.num_workers", "must be >= 1")
+    _check(r.num_cpus > 0, "rollout.num_cpus", "must be > 0")
+    ts = r.tool_server
     _check(
         ts in ("inprocess", "local") or ts.startswith(("http://", "https://")),
         "rollout.tool_server",
         f"must be inprocess, local or an http(s) URL, got {ts!r}",
     )
-    _check(
-        c.ray.placement in ("none", "colocate", "spread"),
-        "ray.placement",
-        f"must be none, colocate or spread, got {c.ray.placement!r}",
-    )
-    for name in ("actor", "critic", "ref"):
-        w: WorkerConfig = getattr(c, name)
-        _check(w.world_size >= 1, f"{name}.world_size", "must be >= 1")
-        _check(w.device in ("cpu", "cuda"), f"{name}.device", "must be 'cpu' or 'cuda'")
-        _check(w.backend in ("auto", "gloo", "nccl"), f"{name}.backend", "must be auto, gloo or nccl")
-    from steprl.methods import get_method
 
-    try:
-        method = get_method(c.trainer.method)
-    except KeyError as e:
-        raise ConfigError(f"config error: {str(e).strip(chr(34) + chr(39))}") from e
-    _check(
-        c.data.format in DATA_FORMATS, "data.format", f"must be one of {DATA_FORMATS}, got {c.data.format!r}"
-    )
-    _check(c.data.on_error in ("skip", "raise"), "data.on_error", "must be skip or raise")
-    if c.data.format != "suite":
-        from pathlib import Path
 
-        _check(bool(c.data.path), "data.path", f"must name the file for data.format={c.data.format}")
-        _check(Path(c.data.path).expanduser().is_file(), "data.path", f"{c.data.path} is not a file")
-    _check(c.sft.loss_on in ("all", "last"), "sft.loss_on", f"must be all or last, got {c.sft.loss_on!r}")
-    _check(c.sft.max_length >= 2, "sft.max_length", "must be >= 2")
+def _check_methods(c: StepRLConfig) -> None:
+    """Ranges of the per-method sections (cross-field rules of a method live in its ``Method.check``)."""
     _check(c.rft.epochs >= 1 and c.rft.batch_size >= 1, "rft", "epochs and batch_size must be >= 1")
     _check(c.rft.lr > 0 and c.eto.lr > 0 and c.trice.lr > 0, "rft/eto/trice.lr", "must be > 0")
     _check(c.eto.beta > 0, "eto.beta", f"must be > 0, got {c.eto.beta}")
@@ -463,8 +434,6 @@ def validate(cfg: Any) -> StepRLConfig:
         "trice.tie_break_weight",
         "must be in [0, 0.5) (IsSolved decides)",
     )
-    problem = method.check_config(c)
-    _check(problem is None, f"trainer.method={c.trainer.method}:", problem or "")
     _check(c.arpo.initial_rollouts >= 1, "arpo.initial_rollouts", "must be >= 1")
     _check(c.arpo.beam_size >= 1, "arpo.beam_size", "must be >= 1")
     _check(c.arpo.entropy_window >= 1, "arpo.entropy_window", "must be >= 1")
@@ -492,20 +461,71 @@ def validate(cfg: Any) -> StepRLConfig:
     _check(
         ct.prm_epochs >= 1 and ct.prm_lr > 0 and ct.prm_batch_size >= 1, "codetool.prm_*", "must be positive"
     )
-    _check(c.trainer.total_iterations >= 0, "trainer.total_iterations", "must be >= 0")
-    _check(c.trainer.tasks_per_iteration >= 1, "trainer.tasks_per_iteration", "must be >= 1")
-    _check(bool(c.trainer.resume), "trainer.resume", "must be never, auto or a checkpoint directory")
-    _check(c.trainer.max_worker_restarts >= 0, "trainer.max_worker_restarts", "must be >= 0")
-    _check(c.algorithm.rollout_is in ("auto", "on", "off"), "algorithm.rollout_is", "must be auto, on or off")
-    _check(c.algorithm.rollout_is_cap > 0, "algorithm.rollout_is_cap", "must be > 0")
+
+
+def check_ranges(c: StepRLConfig) -> None:
+    """Every value in its range and every enumerated string one of its choices (no registry needed)."""
+    _check_algorithm(c.algorithm)
+    _check_reward(c.reward)
+    _check_rollout(c.rollout)
+    _check(
+        c.ray.placement in ("none", "colocate", "spread"),
+        "ray.placement",
+        f"must be none, colocate or spread, got {c.ray.placement!r}",
+    )
+    _check(c.ray.num_cpus is None or c.ray.num_cpus >= 1, "ray.num_cpus", "must be >= 1 (or null)")
+    for name in ("actor", "critic", "ref"):
+        w: WorkerConfig = getattr(c, name)
+        _check(w.world_size >= 1, f"{name}.world_size", "must be >= 1")
+        _check(w.device in ("cpu", "cuda"), f"{name}.device", "must be 'cpu' or 'cuda'")
+        _check(w.backend in ("auto", "gloo", "nccl"), f"{name}.backend", "must be auto, gloo or nccl")
+        _check(w.threads >= 0, f"{name}.threads", "must be >= 0")
+        _check(w.num_cpus >= 0 and w.num_gpus >= 0, f"{name}.num_cpus/num_gpus", "must be >= 0")
+    _check(
+        c.data.format in DATA_FORMATS, "data.format", f"must be one of {DATA_FORMATS}, got {c.data.format!r}"
+    )
+    _check(c.data.on_error in ("skip", "raise"), "data.on_error", "must be skip or raise")
+    _check(
+        c.data.format == "suite" or bool(c.data.path),
+        "data.path",
+        f"must name the file for data.format={c.data.format}",
+    )
+    _check(c.data.test_tasks >= 1, "data.test_tasks", "must be >= 1")
     _check(
         c.data.train_tasks >= c.trainer.tasks_per_iteration,
         "data.train_tasks",
         "must be >= trainer.tasks_per_iteration",
     )
-    _check(c.data.test_tasks >= 1, "data.test_tasks", "must be >= 1")
+    _check(c.sft.loss_on in ("all", "last"), "sft.loss_on", f"must be all or last, got {c.sft.loss_on!r}")
+    _check(c.sft.max_length >= 2, "sft.max_length", "must be >= 2")
     _check(0.0 <= c.sft.suboptimal_share <= 1.0, "sft.suboptimal_share", "must be in [0, 1]")
     _check(c.sft.batch_size >= 1 and c.sft.epochs >= 0, "sft", "batch_size must be >= 1 and epochs >= 0")
+    _check(c.sft.lr > 0, "sft.lr", "must be > 0")
+    _check_methods(c)
+    t = c.trainer
+    _check(t.total_iterations >= 0, "trainer.total_iterations", "must be >= 0")
+    _check(t.tasks_per_iteration >= 1, "trainer.tasks_per_iteration", "must be >= 1")
+    _check(t.eval_every >= 0 and t.save_every >= 0, "trainer.eval_every/save_every", "must be >= 0")
+    _check(bool(t.resume), "trainer.resume", "must be never, auto or a checkpoint directory")
+    _check(t.max_worker_restarts >= 0, "trainer.max_worker_restarts", "must be >= 0")
+    loggers = {"console", "jsonl", "tensorboard", "wandb"}
+    _check(
+        set(t.logger) <= loggers,
+        "trainer.logger",
+        f"must be a list of {sorted(loggers)}, got {list(t.logger)}",
+    )
     _check(c.optim.actor_lr > 0 and c.optim.critic_lr > 0, "optim", "learning rates must be > 0")
+    _check(c.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    _check(c.optim.grad_clip > 0, "optim.grad_clip", "must be > 0")
     _check(c.model.lora_rank >= 0, "model.lora_rank", "must be >= 0")
-    return c
+    _check(bool(c.model.path), "model.path", "must be embedded, a model directory or a Hugging Face name")
+
+
+_DATACLASSES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (
+        StepRLConfig, ModelConfig, DataConfig, RolloutConfig, RewardConfig, AlgorithmConfig, WorkerConfig,
+        OptimConfig, SFTConfig, RFTConfig, ETOConfig, TRICEConfig, ARPOConfig, ArcherConfig, CodeToolConfig,
+        TrainerConfig, RayConfig,
+    )
+}  # fmt: skip

@@ -1,16 +1,24 @@
 """``python -m steprl.main [recipe=<name>] [hydra overrides]``: train a recipe end to end.
 
-Everything that can be wrong with the input (config keys, types, ranges, the model path, the task
-suite) is checked before any worker starts or anything is written to the run directory.
+A Hydra application: ``--help`` lists the recipes, config groups and the config; ``--cfg job`` prints
+the resolved config without running; ``-m key=a,b`` runs a sweep, one job after the other, each in
+its own run directory; ``hydra.run.dir`` is the run directory (``trainer.run_dir`` is the same thing).
+
+Before Hydra creates any directory, every job is checked: config keys, types, ranges and registries
+(:mod:`steprl.validation`), the model path, every input file and the checkpoint to resume
+(:mod:`steprl.inputs`). A bad input is one line on stderr and exit code 2, with nothing written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
 import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,44 +27,89 @@ from steprl.checkpoint import CheckpointError, resolve_resume, run_completed
 REPO = Path(__file__).resolve().parents[1]
 RECIPES_DIR = Path(os.environ.get("STEPRL_RECIPES", REPO / "recipes"))
 CONFIGS_DIR = Path(os.environ.get("STEPRL_CONFIGS", REPO / "configs"))
+DEFAULT_RECIPE = "steptool"
+# Hydra's own flags that show something and run nothing
+INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version")
+MULTIRUN_FLAGS = ("--multirun", "-m")
 
 
 class UserError(Exception):
     """Bad input: reported as one line, before anything starts."""
 
 
-def load_config(argv: list[str]):
-    """Compose ``recipes/<recipe>.yaml`` (+ config groups in ``configs/``) with the overrides."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from steprl.config import ConfigError, register_configs, validate
-
-    recipe = "steptool"
-    overrides = []
-    for arg in argv:
-        if arg.startswith("recipe="):
+# ---- the config --------------------------------------------------------------------------------
+def split_recipe(argv: list[str]) -> tuple[str, list[str]]:
+    """``recipe=<name>`` (or Hydra's ``--config-name``/``-cn``) -> the recipe; the rest unchanged."""
+    recipe, rest = DEFAULT_RECIPE, []
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("recipe=") or arg.startswith("--config-name="):
             recipe = arg.split("=", 1)[1]
+        elif arg in ("--config-name", "-cn"):
+            recipe = next(it, "")
         else:
-            overrides.append(arg)
+            rest.append(arg)
     if not (RECIPES_DIR / f"{recipe}.yaml").exists():
         known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
         raise UserError(f"unknown recipe {recipe!r}; known: {known}")
+    return recipe, rest
+
+
+def compose_config(recipe: str, overrides: list[str]):
+    """The composed DictConfig of ``recipes/<recipe>.yaml`` (+ groups in ``configs/``) and overrides."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from steprl.config import register_configs
+
     register_configs()
     try:
-        with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
-            cfg = compose(
-                config_name=recipe, overrides=overrides + [f"hydra.searchpath=[file://{CONFIGS_DIR}]"]
-            )
-        typed = validate(cfg)
+        with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base="1.3"):
+            return compose(config_name=recipe, overrides=[*overrides, _searchpath()])
     except (HydraException, OmegaConfBaseException) as e:
+        bad = _unparsable(overrides)
+        if bad is not None:  # Hydra's parse errors quote the token, not the override: name it
+            raise UserError(f"config error: cannot parse override {bad[0]!r} ({bad[1]})") from e
         cause = f" ({_first_line(e.__cause__)})" if e.__cause__ else ""
         raise UserError(f"config error: {_first_line(e)}{cause}") from e
+
+
+def _unparsable(overrides: list[str]) -> tuple[str, str] | None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for o in overrides:
+        try:
+            parser.parse_override(o)
+        except HydraException as e:
+            return o, _first_line(e)
+    return None
+
+
+def load_config(argv: list[str]):
+    """Compose and validate: ``(StepRLConfig, resolved YAML)``; a problem is one :class:`UserError` line."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from steprl.config import ConfigError
+    from steprl.validation import validate
+
+    recipe, overrides = split_recipe(argv)
+    cfg = compose_config(recipe, overrides)
+    try:
+        typed = validate(cfg)
+        text = OmegaConf.to_yaml(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        raise UserError(f"config error: {_first_line(e)}") from e
     except ConfigError as e:
         raise UserError(str(e)) from e
-    return typed, OmegaConf.to_yaml(cfg)
+    return typed, text
+
+
+def _searchpath() -> str:
+    return f"hydra.searchpath=[file://{CONFIGS_DIR}]"
 
 
 def _first_line(e: BaseException) -> str:
@@ -88,21 +141,48 @@ def resolve_model(path: str) -> str:
         ) from e
 
 
-def make_run_dir(cfg) -> Path:
-    run_dir = (
-        Path(cfg.trainer.run_dir)
-        if cfg.trainer.run_dir
-        else REPO / "runs" / f"{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
+def default_run_dir(recipe: str) -> Path:
+    return Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def make_run_dir(cfg, default: Path | None = None) -> Path:
+    """The run directory (``trainer.run_dir``, else ``default``), checked against ``trainer.resume``."""
+    if cfg.trainer.run_dir:
+        run_dir = Path(cfg.trainer.run_dir)
+    else:
+        run_dir = default if default is not None else default_run_dir(cfg.recipe)
     if run_dir.exists() and any(run_dir.iterdir()) and cfg.trainer.resume == "never":
         raise UserError(
             f"run directory {run_dir} already exists and is not empty (trainer.resume=auto continues it)"
         )
     try:
-        resolve_resume(cfg.trainer.resume, run_dir)
+        resolve_resume(cfg.trainer.resume, run_dir)  # the checkpoint to resume: complete and intact
     except CheckpointError as e:
         raise UserError(str(e)) from e
     return run_dir
+
+
+@dataclass
+class Job:
+    """One checked job: everything ``train`` needs, loaded before anything is written."""
+
+    cfg: Any
+    config_yaml: str
+    model_path: str
+    run_dir: Path | None  # None: a sweep job, whose directory Hydra names when it starts
+
+
+def preflight(recipe: str, overrides: list[str], run_dir: Path | None) -> Job:
+    """Check one job completely (config, model, input files, run dir + resume) without writing."""
+    from steprl.inputs import InputError, check_inputs
+
+    cfg, config_yaml = load_config([f"recipe={recipe}", *overrides])
+    model_path = resolve_model(cfg.model.path)
+    try:
+        check_inputs(cfg)
+    except InputError as e:
+        raise UserError(str(e)) from e
+    return Job(cfg, config_yaml, model_path, make_run_dir(cfg, run_dir) if run_dir is not None else None)
 
 
 def init_ray(cfg) -> None:
@@ -246,34 +326,268 @@ def _arrow(before: float | None, after: float | None) -> str:
     return " -> ".join(parts) if parts else "not evaluated"
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+# ---- the command line ---------------------------------------------------------------------------
+# jobs checked by main() before Hydra starts, keyed by (recipe, the job's non-Hydra overrides)
+_JOBS: dict[tuple[str, ...], Job] = {}
+
+
+def _job_key(recipe: str, overrides: list[str]) -> tuple[str, ...]:
+    return (recipe, *(o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))))
+
+
+def _quote(value: str) -> str:
+    """A path as a Hydra override value (quoted unless it is plain)."""
+    if all(ch.isalnum() or ch in "_./-" for ch in value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _given(overrides: list[str], key: str) -> str | None:
+    found = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").split("=", 1)[0] == key]
+    return found[-1] if found else None
+
+
+def single_run_dir(recipe: str, overrides: list[str]) -> Path:
+    """``trainer.run_dir``, else ``hydra.run.dir`` (resolved), else ``runs/<recipe>-<timestamp>``."""
+    trainer_dir, hydra_dir = _given(overrides, "trainer.run_dir"), _given(overrides, "hydra.run.dir")
+    if hydra_dir is not None:
+        from omegaconf import OmegaConf
+
+        cfg = _compose_with_hydra(recipe, overrides)
+        hydra_dir = str(OmegaConf.select(cfg, "hydra.run.dir"))
+    if trainer_dir and hydra_dir and Path(trainer_dir).resolve() != Path(hydra_dir).resolve():
+        raise UserError(
+            f"trainer.run_dir={trainer_dir} and hydra.run.dir={hydra_dir} differ: they are the same "
+            "setting (the run directory); give one"
+        )
+    return Path(trainer_dir or hydra_dir or default_run_dir(recipe))
+
+
+def _compose_with_hydra(recipe: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from steprl.config import register_configs
+
+    register_configs()
     try:
-        cfg, config_yaml = load_config(argv)
-        model_path = resolve_model(cfg.model.path)
-        from tools_env.suite import get_suite
+        with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base="1.3"):
+            return compose(recipe, [*overrides, _searchpath()], return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise UserError(f"config error: {_first_line(e)}") from e
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
+    """The override list of every job of a basic-sweeper multirun (None: another sweeper decides)."""
+    if any(o.startswith(("hydra/sweeper=", "hydra.sweeper.")) for o in overrides):
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    except HydraException as e:
+        raise UserError(f"config error: {_first_line(e)}") from e
+
+
+def _register_help() -> None:
+    """``--help``: recipes, flags, config groups and the composed config (Hydra's help template)."""
+    from hydra.core.config_store import ConfigStore
+
+    recipes = " ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+    groups = "\n".join(  # listed here: Hydra's $APP_CONFIG_GROUPS misses a search path given as override
+        f"{d.name}: {', '.join(sorted(f.stem for f in d.glob('*.yaml')))}"
+        for d in sorted(CONFIGS_DIR.iterdir())
+        if d.is_dir()
+    )
+    template = (
+        "python -m steprl.main [recipe=<name>] [key=value ...]: train a recipe (README: Configuration)\n\n"
+        f"== Recipes (recipe=<name>, default {DEFAULT_RECIPE}) ==\n{recipes}\n\n"
+        "== Flags ==\n$FLAGS_HELP\n"
+        f"== Configuration groups (group=option) ==\n{groups}\n\n"
+        "== Config (override any key: section.key=value) ==\n$CONFIG\n"
+        "Examples:\n"
+        "  python -m steprl.main recipe=grpo trainer.total_iterations=3 rollout=hf\n"
+        "  python -m steprl.main --cfg job algorithm.kl_coef=0.05      # the resolved config, no run\n"
+        "  python -m steprl.main -m trainer.seed=0,1,2                  # a sweep, one run dir per job\n"
+        "A misspelled key, a wrong type or a value out of range fails before anything starts.\n"
+        "Use --hydra-help for Hydra's own options (launchers, sweepers, logging).\n"
+    )
+    node = {"app_name": "steprl", "header": "", "footer": "", "template": template}
+    ConfigStore.instance().store(group="hydra/help", name="steprl", node=node)
+
+
+def _hydra(recipe: str, args: list[str]) -> int:
+    """Run the Hydra application ``python -m steprl.main`` on ``args`` (flags + overrides)."""
+    import hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    from steprl.config import register_configs
+
+    register_configs()
+    _register_help()
+    given = [a.split("=", 1)[0] for a in args]
+    defaults = {  # Hydra writes nothing of its own into a run directory; steprl writes config.yaml
+        "hydra/help": "steprl",
+        "hydra/job_logging": "none",
+        "hydra.output_subdir": "null",
+        "hydra.job.chdir": "false",
+        "hydra.run.dir": _quote(str(default_run_dir(recipe))),
+        "hydra.sweep.dir": _quote(str(Path("runs") / f"multirun-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")),
+    }
+    extra = [f"{k}={v}" for k, v in defaults.items() if k not in given]
+    app = hydra.main(config_path=str(RECIPES_DIR), config_name=recipe, version_base="1.3")(_task)
+    flags, overrides = _split_flags(args)  # argparse takes the overrides as one run of positionals
+    saved = sys.argv
+    sys.argv = [saved[0] if saved and saved[0] else "steprl.main", *flags, *overrides, *extra, _searchpath()]
+    GlobalHydra.instance().clear()
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # a crash in training: its whole traceback, raised
+    try:
+        app()
+    finally:
+        sys.argv = saved
+        GlobalHydra.instance().clear()
+    return 0
+
+
+def _split_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    from hydra._internal.utils import get_args_parser
+
+    overrides = list(get_args_parser().parse_args(args).overrides)
+    flags, left = [], list(overrides)
+    for a in args:
+        if a in left:
+            left.remove(a)
+        else:
+            flags.append(a)
+    return flags, overrides
+
+
+def _task(_cfg: Any) -> None:
+    """Hydra's task function: one job (a run, or one point of a sweep) in Hydra's output directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    overrides = list(hc.overrides.task)
+    try:
+        job = _JOBS.pop(_job_key(hc.job.config_name, overrides), None)
+        if job is None:  # a sweep main() could not expand in advance (another sweeper): check it now
+            job = preflight(hc.job.config_name, overrides, run_dir)
+        elif job.run_dir is None:
+            job = Job(job.cfg, job.config_yaml, job.model_path, make_run_dir(job.cfg, run_dir))
+    except UserError as e:
+        print(f"steprl: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+    run_job(job)
+
+
+def run_job(job: Job) -> dict[str, Any] | None:
+    """Train one checked job: config.yaml, Ray, ``train``; the results of a completed run survive."""
+    cfg, run_dir = job.cfg, job.run_dir
+    assert run_dir is not None
+    if run_completed(cfg.trainer.resume, run_dir, cfg.trainer.total_iterations):
+        print(f"steprl: {run_dir} already completed its {cfg.trainer.total_iterations} iterations")
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with keep_completed_results(run_dir):
+        (run_dir / "config.yaml").write_text(job.config_yaml)
+        init_ray(cfg)
+        import ray
 
         try:
-            get_suite(cfg.data.suite)
-        except KeyError as e:
-            raise UserError(str(e).strip("'\"")) from e
-        run_dir = make_run_dir(cfg)
-        if run_completed(cfg.trainer.resume, run_dir, cfg.trainer.total_iterations):
-            print(f"steprl: {run_dir} already completed its {cfg.trainer.total_iterations} iterations")
+            return train(cfg, job.config_yaml, job.model_path, run_dir)
+        finally:
+            ray.shutdown()
+
+
+RESULT_FILES = ("config.yaml", "summary.json")
+
+
+@contextlib.contextmanager
+def keep_completed_results(run_dir: Path) -> Iterator[None]:
+    """A run that fails never overwrites the ``config.yaml``/``summary.json`` of a completed run.
+
+    When ``run_dir`` holds a completed run (a resume that extends it), both files are copied to
+    ``*.completed`` first (so even a SIGKILL loses nothing); on failure they are put back and the failed
+    attempt's files are kept as ``config.failed.yaml``/``summary.failed.json``; on success the copies go.
+    """
+    try:
+        completed = json.loads((run_dir / "summary.json").read_text()).get("status") == "completed"
+    except (OSError, ValueError, AttributeError):
+        completed = False
+    backups = {}
+    if completed:
+        for name in RESULT_FILES:
+            if (run_dir / name).is_file():
+                backups[name] = _sibling(run_dir / name, "completed")
+                backups[name].write_bytes((run_dir / name).read_bytes())
+    try:
+        yield
+    except BaseException:
+        for name, backup in backups.items():
+            path = run_dir / name
+            if path.exists():
+                os.replace(path, _sibling(path, "failed"))
+            os.replace(backup, path)
+        raise
+    for backup in backups.values():
+        backup.unlink(missing_ok=True)
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    return path.with_name(f"{path.stem}.{tag}{path.suffix}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        recipe, rest = split_recipe(argv)
+        if any(a in INFO_FLAGS for a in rest):
+            return _hydra(recipe, rest)  # --help, --hydra-help, --info ...: Hydra shows, nothing runs
+        from hydra._internal.utils import get_args_parser
+
+        args = get_args_parser().parse_args(rest)
+        if args.config_path or args.config_dir or args.experimental_rerun:
+            raise UserError(
+                "--config-path/--config-dir/--experimental-rerun are not used: recipes come from "
+                f"{RECIPES_DIR} (STEPRL_RECIPES) and config groups from {CONFIGS_DIR} (STEPRL_CONFIGS)"
+            )
+        overrides = list(args.overrides)
+        if args.cfg:  # the resolved config, checked as a run would check it, and nothing else
+            if not args.multirun:
+                load_config([f"recipe={recipe}", *overrides])
+            return _hydra(recipe, [*rest, *([] if args.resolve else ["--resolve"])])
+        if args.multirun:
+            jobs = sweep_jobs(overrides)
+            if jobs is not None:
+                if len(jobs) > 1 and _given(overrides, "trainer.run_dir"):
+                    raise UserError(
+                        "trainer.run_dir names one directory but the sweep has "
+                        f"{len(jobs)} jobs: drop it (each job runs in <hydra.sweep.dir>/<job number>)"
+                    )
+                for job_overrides in jobs:  # every job's config first (cheap), then their inputs
+                    load_config([f"recipe={recipe}", *job_overrides])
+                for job_overrides in jobs:
+                    _JOBS[_job_key(recipe, job_overrides)] = preflight(recipe, job_overrides, None)
+            return _hydra(recipe, rest)
+        run_dir = single_run_dir(recipe, overrides)
+        job = preflight(recipe, overrides, run_dir)
+        if run_completed(job.cfg.trainer.resume, run_dir, job.cfg.trainer.total_iterations):
+            print(f"steprl: {run_dir} already completed its {job.cfg.trainer.total_iterations} iterations")
             return 0
+        _JOBS[_job_key(recipe, overrides)] = job
+        args_out = [a for a in rest if _given([a], "hydra.run.dir") is None]
+        return _hydra(recipe, [*args_out, f"hydra.run.dir={_quote(str(run_dir))}"])
     except UserError as e:
         print(f"steprl: {e}", file=sys.stderr)
         return 2
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config_yaml)
-    init_ray(cfg)
-    import ray
-
-    try:
-        train(cfg, config_yaml, model_path, run_dir)
-    finally:
-        ray.shutdown()
-    return 0
+    except CheckpointError as e:
+        print(f"steprl: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

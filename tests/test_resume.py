@@ -209,3 +209,107 @@ def test_nonempty_run_dir_needs_resume(tmp_path):
     cfg, _ = load_config([f"trainer.run_dir={tmp_path}", f"trainer.resume={tmp_path}"])
     with pytest.raises(UserError, match="COMPLETE"):
         make_run_dir(cfg)
+
+
+# ---- checksums, fail-fast resume, results of a completed run (issue 14, finding 6) ----------------
+
+
+def test_manifest_lists_every_file_and_verify_catches_each_kind_of_damage(tmp_path):
+    from steprl.checkpoint import MANIFEST, verify_checkpoint
+
+    path = _fake_checkpoint(tmp_path, "iter_00001", 1)
+    files = json.loads((path / MANIFEST).read_text())["files"]
+    assert sorted(files) == ["trainer_state.json", "weights.bin"]
+    assert files["weights.bin"]["size"] == 100 and len(files["weights.bin"]["sha256"]) == 64
+    verify_checkpoint(path)
+    damage = {
+        "truncated": lambda: (path / "weights.bin").write_bytes(b"x" * 50),
+        "altered": lambda: (path / "weights.bin").write_bytes(b"y" * 100),
+        "missing": lambda: (path / "weights.bin").unlink(),
+        "unlisted": lambda: (path / "extra.bin").write_bytes(b"z"),
+        "no manifest": lambda: (path / MANIFEST).unlink(),
+    }
+    expected = {"truncated": "has 50 bytes", "altered": "sha256", "missing": "missing",
+                "unlisted": "extra.bin", "no manifest": "cannot be verified"}  # fmt: skip
+    for kind, hurt in damage.items():
+        path = _fake_checkpoint(tmp_path, f"iter_{kind.replace(' ', '_')}", 1)
+        hurt()
+        with pytest.raises(CheckpointError, match=expected[kind]):
+            verify_checkpoint(path)
+
+
+def test_resume_auto_refuses_a_corrupt_newest_checkpoint_and_names_an_intact_one(tmp_path):
+    """Before: ``auto`` trusted the COMPLETE marker alone and the run died in a worker minutes later."""
+    _fake_checkpoint(tmp_path, "iter_00001", 1)
+    newest = _fake_checkpoint(tmp_path, "iter_00002", 2)
+    (newest / "weights.bin").write_bytes(b"x" * 10)
+    with pytest.raises(CheckpointError) as err:
+        resolve_resume("auto", tmp_path)
+    message = str(err.value)
+    assert "iter_00002 is corrupt" in message and "weights.bin" in message
+    assert f"trainer.resume={tmp_path / 'checkpoints' / 'iter_00001'}" in message and "\n" not in message
+    with pytest.raises(CheckpointError, match="corrupt"):
+        resolve_resume(str(newest), tmp_path)
+    assert resolve_resume(str(tmp_path / "checkpoints" / "iter_00001"), tmp_path).name == "iter_00001"
+
+
+def _completed_run(run_dir: Path) -> dict[str, bytes]:
+    """A run dir as a finished 2-iteration run leaves it; returns its result files' bytes."""
+    final = _fake_checkpoint(run_dir, "final", 2)
+    (run_dir / "config.yaml").write_text("recipe: steptool\n# the completed run's config\n")
+    (run_dir / "summary.json").write_text(json.dumps({"status": "completed", "pass_rate_after_rl": 0.9}))
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 2, "train/reward": 1.0}) + "\n")
+    assert final.is_dir()
+    return {name: (run_dir / name).read_bytes() for name in ("config.yaml", "summary.json")}
+
+
+def _fake_model(tmp_path: Path) -> Path:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    return model
+
+
+def test_cli_corrupt_checkpoint_fails_fast_and_keeps_the_completed_results(tmp_path):
+    """Before: truncated weights failed after ~80 s with a RayTaskError and overwrote config.yaml and
+    summary.json of the completed run. Now: one line, exit 2, before Ray starts, nothing touched."""
+    run_dir = tmp_path / "run"
+    results = _completed_run(run_dir)
+    (run_dir / "checkpoints" / "final" / "weights.bin").write_bytes(b"x" * 7)
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    t0 = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "steprl.main", f"model.path={_fake_model(tmp_path)}", f"trainer.run_dir={run_dir}",
+         "trainer.resume=auto", "trainer.total_iterations=4"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is corrupt: weights.bin" in lines[0], proc.stderr
+    assert time.time() - t0 < 60 and "Ray" not in proc.stdout + proc.stderr
+    assert {n: (run_dir / n).read_bytes() for n in results} == results
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
+
+
+def test_a_failed_resume_keeps_the_completed_runs_config_and_summary(tmp_path, monkeypatch):
+    """A run that extends a completed one and then fails (any error, in train) puts the completed run's
+    config.yaml and summary.json back and keeps the failed attempt's beside them."""
+    import steprl.main as cli
+
+    run_dir = tmp_path / "run"
+    results = _completed_run(run_dir)
+
+    def failing_train(cfg, config_yaml, model_path, run_dir):
+        (run_dir / "summary.json").write_text(json.dumps({"status": "failed"}))  # as train's finally does
+        raise RuntimeError("worker died")
+
+    monkeypatch.setattr(cli, "train", failing_train)
+    monkeypatch.setattr(cli, "init_ray", lambda cfg: None)
+    args = [f"model.path={_fake_model(tmp_path)}", f"trainer.run_dir={run_dir}", "trainer.resume=auto",
+            "trainer.total_iterations=4"]  # fmt: skip
+    with pytest.raises(RuntimeError, match="worker died"):
+        cli.main(args)
+    assert {n: (run_dir / n).read_bytes() for n in results} == results
+    assert json.loads((run_dir / "summary.failed.json").read_text())["status"] == "failed"
+    assert "total_iterations: 4" in (run_dir / "config.failed.yaml").read_text()
+    assert not list(run_dir.glob("*.completed.*"))

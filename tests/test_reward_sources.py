@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from steprl.config import ConfigError, RewardConfig, StepRLConfig, validate
+from steprl.config import ConfigError, RewardConfig, StepRLConfig
 from steprl.engines.replay import ReplayEngine
 from steprl.episode import EpisodeBudget, run_episodes
 from steprl.protocol import StepRecord, Trajectory
@@ -26,6 +26,7 @@ from steprl.reward_sources.judge import (
     parse_judge_reply,
     render_judge_messages,
 )
+from steprl.validation import validate
 from tools_env import ToolEnv, get_parser
 from tools_env.suite import Task
 
