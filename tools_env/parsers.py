@@ -105,11 +105,13 @@ def json_depth(value: Any) -> int:
     return depth
 
 
-def load_json(text: str, *, strict: bool = True, prefix: bool = False) -> tuple[Any, int]:
+def load_json(
+    text: str, *, strict: bool = True, prefix: bool = False, max_depth: int = MAX_JSON_DEPTH
+) -> tuple[Any, int]:
     """Decode JSON from ``text`` (``prefix``: a value at its start, the rest left): (value, end).
 
     Raises ``JSONProblem`` for invalid JSON, integers too long to convert, nesting deeper than
-    ``MAX_JSON_DEPTH`` and anything else the decoder trips on (e.g. its recursion limit).
+    ``max_depth`` and anything else the decoder trips on (e.g. its recursion limit).
     """
     decoder = json.JSONDecoder(strict=strict)
     try:
@@ -117,11 +119,11 @@ def load_json(text: str, *, strict: bool = True, prefix: bool = False) -> tuple[
     except json.JSONDecodeError as e:
         raise JSONProblem(f"{e.msg} at column {e.colno}") from None
     except RecursionError:
-        raise JSONProblem(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+        raise JSONProblem(f"nested deeper than {max_depth} levels") from None
     except (ValueError, OverflowError, MemoryError) as e:  # e.g. an integer of 5000 digits
         raise JSONProblem(str(e).split(";")[0][:80] or type(e).__name__) from None
-    if json_depth(value) > MAX_JSON_DEPTH:
-        raise JSONProblem(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    if json_depth(value) > max_depth:
+        raise JSONProblem(f"nested deeper than {max_depth} levels")
     return value, end
 
 
