@@ -167,8 +167,7 @@ def _calls(body: Any, limits: ServerLimits) -> list[ToolCall]:
     for i, c in enumerate(body):
         if not isinstance(c, dict) or not isinstance(c.get("name"), str):
             raise HTTPException(422, f'call {i + 1} must be an object with a string "name"')
-        args = c.get("arguments")
-        calls.append(ToolCall(c["name"], {} if args is None else args))
+        calls.append(ToolCall(c["name"], c.get("arguments", {})))  # null stays null, as in ToolEnv
     return calls
 
 
@@ -302,7 +301,7 @@ def create_app(env: ToolEnv | None = None, token: str | None = None, threads: in
         check_token(token)
     limits = limits or ServerLimits()
     env = env or ToolEnv()
-    app = FastAPI(title="steprl tool server", default_response_class=WireJSON)
+    app = FastAPI(title="steprl tool server", default_response_class=WireJSON, redirect_slashes=False)
     app.add_middleware(_Guard, token=token, limits=limits)
     limiter = anyio.CapacityLimiter(threads)
     sessions = _Sessions(env, limits)
