@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             for model, (path, params) in paths.items():
                 for engine in args.engines.split(","):
                     spec = {
-                        "engine": engine, "model": model, "path": path, "params": params, "tool_server": server.url,
+                        "engine": engine, "model": model, "path": path, "params": params, "tool_server": server.client_url,
                         "episodes": args.episodes, "max_turns": args.max_turns, "threads": args.threads,
                         "max_response_tokens": args.max_response_tokens, "max_tokens_per_turn": args.max_tokens_per_turn,
                         "max_model_len": args.max_model_len, "gpu_memory_utilization": args.gpu_memory_utilization,

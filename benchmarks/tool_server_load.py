@@ -2,10 +2,13 @@
 
     python benchmarks/tool_server_load.py                      # 64 sessions x 50 calls, server in a subprocess
     python benchmarks/tool_server_load.py --sessions 8 --calls 10 --max-seconds 30
+    python benchmarks/tool_server_load.py --baseline-src /tmp/old --rounds 2   # vs another checkout's server
 
 Each session opens an atlas task, makes ``--calls`` sequential calls (one HTTP request each, alternating
 ``lookup`` and ``calculator``), and closes. Prints p50/p99 latency of a call and calls per second, and
-exits non-zero if any request failed or the run exceeded ``--max-seconds``.
+exits non-zero if any request failed or the run exceeded ``--max-seconds``. With ``--baseline-src`` the
+same load (same client) also runs against the server of another source tree (e.g. ``git archive`` of an
+older commit), alternating rounds, and prints the ratios: a before/after of the server in one run.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import secrets
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools_env import ToolCall, get_suite  # noqa: E402
 from tools_env.client import AsyncToolClient  # noqa: E402
-from tools_env.server import serve  # noqa: E402
+from tools_env.server import _wait_healthy, serve  # noqa: E402
 
 
 async def _session(
@@ -79,6 +84,39 @@ def run_load(url: str, token: str | None = None, sessions: int = 64, calls: int 
     }
 
 
+def _baseline_server(src: str, token: str) -> tuple[subprocess.Popen, str]:
+    """``python -m tools_env.server`` of the source tree ``src`` (its own code first on the path)."""
+    env = {**os.environ, "PYTHONPATH": src, "STEPRL_TOOL_TOKEN": token}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools_env.server"], cwd=src, env=env, stdout=subprocess.PIPE, text=True
+    )
+    line = proc.stdout.readline() if proc.stdout else ""
+    if not line.startswith("listening on "):
+        proc.kill()
+        raise RuntimeError(f"the baseline server of {src} did not start (exit code {proc.wait()})")
+    return proc, line.split("listening on ", 1)[1].strip()
+
+
+def _measure(args: argparse.Namespace, token: str, baseline_src: str | None) -> dict:
+    if baseline_src is None:
+        with serve(token=token, background=args.background) as server:
+            return run_load(server.url, token, args.sessions, args.calls, args.max_seconds)
+    proc, url = _baseline_server(baseline_src, token)
+    try:
+        _wait_healthy(url, 30)
+        return run_load(url, token, args.sessions, args.calls, args.max_seconds)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _safe_measure(args: argparse.Namespace, token: str, baseline_src: str | None) -> dict:
+    try:
+        return _measure(args, token, baseline_src)
+    except Exception as e:  # reported as a failed round, the other rounds still run
+        return {"errors": -1, "first_error": f"{type(e).__name__}: {e}"[:200]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", type=int, default=64)
@@ -87,13 +125,28 @@ def main() -> int:
     parser.add_argument("--url", default=None, help="use a running server instead of starting one")
     parser.add_argument("--token", default=None)
     parser.add_argument("--background", choices=["process", "thread"], default="process")
+    parser.add_argument("--baseline-src", default=None, help="also load the server of this source tree")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds with --baseline-src")
     args = parser.parse_args()
     if args.url:
         report = run_load(args.url, args.token, args.sessions, args.calls, args.max_seconds)
+    elif args.baseline_src:
+        token = secrets.token_hex(16)
+        rounds = []
+        for _ in range(args.rounds):
+            rounds.append({"baseline": _safe_measure(args, token, args.baseline_src),
+                           "current": _safe_measure(args, token, None)})  # fmt: skip
+        for r in rounds:
+            b, c = r["baseline"], r["current"]
+            if b.get("errors") == 0 and c.get("errors") == 0:
+                r["current/baseline"] = {
+                    k: round(c[k] / b[k], 3) for k in ("calls_per_s", "p50_ms", "p99_ms")
+                }
+        print(json.dumps(rounds, indent=2))
+        return 0 if all(r["current"].get("errors") == 0 for r in rounds) else 1
     else:
         token = secrets.token_hex(16)
-        with serve(token=token, background=args.background) as server:
-            report = run_load(server.url, token, args.sessions, args.calls, args.max_seconds)
+        report = _measure(args, token, None)
     print(json.dumps(report, indent=2))
     if report["errors"]:
         print(f"FAILED: {report['errors']} errors, first: {report['first_error']}", file=sys.stderr)

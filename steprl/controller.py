@@ -83,7 +83,7 @@ class Controller:
         self.tool_server_url = cfg.rollout.tool_server
         if cfg.rollout.tool_server == "local":  # a FastAPI tool server in its own process, on loopback
             self.tool_server = LocalToolServer(cfg.trainer.max_worker_restarts)  # restarted if it dies
-            self.tool_server_url = self.tool_server.url
+            self.tool_server_url = self.tool_server.client_url  # carries the server's random token
         self.rollout_workers: list[Any] = []
         self.reward_workers: list[Any] = []
         self.reward_metrics: dict[str, float] = {}  # of the last scored batch (reward workers' counters)

@@ -181,7 +181,7 @@ def _advance(ep: _Live, gen: Any, env: Any, encoder: ChatEncoder, parse: Any, bu
     if not gen.stopped:  # the turn ran out of tokens: cut, bootstrap from the last state
         step.parse_error = "turn did not end before the token budget"
         return _end(traj, "max_tokens", truncated=True)
-    parsed: ParsedTurn = parse(text)
+    parsed = parse_safely(parse, text)
     if parsed.is_final:
         step.is_final, traj.final_answer = True, parsed.final_answer
         return _end(traj, "answer", truncated=False)
@@ -209,6 +209,20 @@ def _advance(ep: _Live, gen: Any, env: Any, encoder: ChatEncoder, parse: Any, bu
     if traj.num_steps >= budget.max_turns:
         return _end(traj, "max_turns", truncated=True)
     return True
+
+
+def parse_safely(parse: Any, text: str) -> ParsedTurn:
+    """``parse(text)``, with anything but a ParsedTurn (an exception, another type) as a parse error.
+
+    Registered parsers already never raise; this also covers a bare callable passed as ``parse``.
+    """
+    try:
+        parsed = parse(text)
+    except (Exception, RecursionError, MemoryError) as e:  # noqa: BLE001  (model output must not crash)
+        return ParsedTurn(error=f"the tool-call parser failed on this turn ({type(e).__name__})")
+    if not isinstance(parsed, ParsedTurn):
+        return ParsedTurn(error=f"the tool-call parser returned {type(parsed).__name__}, not a ParsedTurn")
+    return parsed
 
 
 def _end(traj: Trajectory, reason: str, truncated: bool) -> bool:

@@ -59,8 +59,8 @@ class LocalToolServer:
 
         self._serve = serve
         self.host, self.max_restarts = host, max_restarts
-        self.server = serve(host=host, port=0, background="process")
-        self.url = self.server.url
+        self.server = serve(host=host, port=0, background="process")  # with a random token
+        self.token, self.url, self.client_url = self.server.token, self.server.url, self.server.client_url
         self.port = int(self.url.rsplit(":", 1)[1])
         self.epoch = 0
         self.events: list[dict[str, Any]] = []
@@ -94,7 +94,7 @@ class LocalToolServer:
         with contextlib.suppress(Exception):
             self.server.stop()
         try:
-            self.server = self._serve(host=self.host, port=self.port, background="process")
+            self.server = self._serve(host=self.host, port=self.port, background="process", token=self.token)
         except Exception as e:  # e.g. the port was taken meanwhile: the workers cannot follow a new one
             raise WorkerFailure(
                 f"cannot restart the local tool server on port {self.port}: {_short(e)}"

@@ -73,7 +73,7 @@ def test_a_failing_tool_call_is_an_observation_through_the_tool_server(encoder, 
             "The answer is 3.",
         ],
     )
-    with serve(background="thread") as server, ToolClient(server.url) as client:
+    with serve(background="thread") as server, ToolClient(server.client_url) as client:
         trajs = run_episodes(
             engine,
             client,

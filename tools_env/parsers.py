@@ -1,17 +1,25 @@
 """Tool-call parsers: turn an assistant turn's text into tool calls or a final answer.
 
-A registry so users add their own format without editing ours. A malformed call never raises:
-it comes back as ``ParsedTurn(error=...)`` whose message becomes the observation.
+A registry so users add their own format without editing ours. Model output is the most hostile input
+there is, so a parser never raises: a malformed call comes back as ``ParsedTurn(error=...)`` whose
+message becomes the observation. Every registered parser is wrapped so that even a bug in it (or in a
+user's parser) gives a parse error instead of crashing the rollout, and the JSON they read is bounded:
+integers of more than ``sys.get_int_max_str_digits()`` digits, nesting deeper than ``MAX_JSON_DEPTH`` and
+more than ``MAX_CALLS_PER_TURN`` calls are parse errors (the tool server applies the same limits).
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, NamedTuple
+
+MAX_JSON_DEPTH = 32  # nesting of one call's arguments (objects and arrays); deeper is a parse error
+MAX_CALLS_PER_TURN = 16  # tool calls in one turn; also the tool server's default per request
 
 
 @dataclass
@@ -37,12 +45,37 @@ Parser = Callable[[str], ParsedTurn]
 PARSERS: dict[str, Parser] = {}
 
 
+def _never_raises(name: str, fn: Parser) -> Parser:
+    """``fn`` as a parser that turns any exception (a bug, a recursion limit) into a parse error."""
+
+    @functools.wraps(fn)
+    def parse(text: str) -> ParsedTurn:
+        if not isinstance(text, str):
+            return ParsedTurn(error=f"the {name} parser needs text, got {type(text).__name__}")
+        try:
+            turn = fn(text)
+        except (Exception, RecursionError, MemoryError) as e:  # noqa: BLE001  (model output must not crash)
+            return ParsedTurn(error=f"the {name} parser could not read this turn ({type(e).__name__})")
+        if not isinstance(turn, ParsedTurn):
+            return ParsedTurn(error=f"the {name} parser returned {type(turn).__name__}, not a ParsedTurn")
+        if len(turn.calls) > MAX_CALLS_PER_TURN:
+            return ParsedTurn(
+                error=f"found {len(turn.calls)} tool calls; at most {MAX_CALLS_PER_TURN} per turn"
+            )
+        return turn
+
+    return parse
+
+
 def register_parser(name: str) -> Callable[[Parser], Parser]:
+    """Register a parser under ``name``; the registered (and returned) function never raises."""
+
     def wrap(fn: Parser) -> Parser:
         if name in PARSERS:
             raise ValueError(f"parser {name!r} is already registered")
-        PARSERS[name] = fn
-        return fn
+        safe = _never_raises(name, fn)
+        PARSERS[name] = safe
+        return safe
 
     return wrap
 
@@ -53,8 +86,78 @@ def get_parser(name: str) -> Parser:
     return PARSERS[name]
 
 
-_HERMES = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+# ---- bounded JSON ---------------------------------------------------------------------------------
+class JSONProblem(ValueError):
+    """Text that is not JSON the tools may receive; ``str(e)`` says why in a few words."""
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a JSON value (a scalar is 0, ``[]`` is 1), without recursion."""
+    depth, stack = 0, [(value, 0)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, dict):
+            node = node.values()
+        elif not isinstance(node, list):
+            continue
+        depth = max(depth, d + 1)
+        stack.extend((child, d + 1) for child in node)
+    return depth
+
+
+def load_json(
+    text: str, *, strict: bool = True, prefix: bool = False, max_depth: int = MAX_JSON_DEPTH
+) -> tuple[Any, int]:
+    """Decode JSON from ``text`` (``prefix``: a value at its start, the rest left): (value, end).
+
+    Raises ``JSONProblem`` for invalid JSON, integers too long to convert, nesting deeper than
+    ``max_depth`` and anything else the decoder trips on (e.g. its recursion limit).
+    """
+    decoder = json.JSONDecoder(strict=strict)
+    try:
+        value, end = decoder.raw_decode(text) if prefix else (decoder.decode(text), len(text))
+    except json.JSONDecodeError as e:
+        raise JSONProblem(f"{e.msg} at column {e.colno}") from None
+    except RecursionError:
+        raise JSONProblem(f"nested deeper than {max_depth} levels") from None
+    except (ValueError, OverflowError, MemoryError) as e:  # e.g. an integer of 5000 digits
+        raise JSONProblem(str(e).split(";")[0][:80] or type(e).__name__) from None
+    if json_depth(value) > max_depth:
+        raise JSONProblem(f"nested deeper than {max_depth} levels")
+    return value, end
+
+
+def _blocks(text: str, open_tag: str, close_tag: str) -> list[str] | str:
+    """The bodies between ``open_tag`` and ``close_tag`` in order, or why the tags do not pair up.
+
+    Linear in ``len(text)`` (a lazy regex is quadratic on many unclosed tags); nesting is an error.
+    """
+    bodies, pos = [], 0
+    while True:
+        start = text.find(open_tag, pos)
+        stray = text.find(close_tag, pos)
+        if start < 0:
+            if stray >= 0:
+                return f"found {close_tag} without an opening {open_tag}"
+            return bodies
+        if 0 <= stray < start:
+            return f"found {close_tag} without an opening {open_tag}"
+        body_start = start + len(open_tag)
+        end = text.find(close_tag, body_start)
+        if end < 0:
+            return f"a {open_tag} is not closed by {close_tag}"
+        nested = text.find(open_tag, body_start, end)
+        if nested >= 0:
+            return f"a {open_tag} is not closed by {close_tag} before the next {open_tag}"
+        bodies.append(text[body_start:end])
+        pos = end + len(close_tag)
+
+
 _ANSWER = re.compile(r"^\s*(?:final\s+)?answer\s*:\s*", re.IGNORECASE)
+
+
+def _final_answer(text: str) -> ParsedTurn:
+    return ParsedTurn(final_answer=_ANSWER.sub("", text.strip(), count=1).strip())
 
 
 @register_parser("hermes")
@@ -63,27 +166,27 @@ def parse_hermes(text: str) -> ParsedTurn:
 
     A turn with no ``<tool_call>`` is the final answer (an ``Answer:`` prefix is stripped).
     """
-    if "<tool_call>" not in text:
-        if "</tool_call>" in text:
-            return ParsedTurn(error="found </tool_call> without an opening <tool_call>")
-        return ParsedTurn(final_answer=_ANSWER.sub("", text.strip()).strip())
-    bodies = _HERMES.findall(text)
-    if text.count("<tool_call>") != len(bodies):
-        return ParsedTurn(error="a <tool_call> is not closed by </tool_call>")
+    bodies = _blocks(text, "<tool_call>", "</tool_call>")
+    if isinstance(bodies, str):
+        return ParsedTurn(error=bodies)
+    if not bodies:
+        return _final_answer(text)
+    if len(bodies) > MAX_CALLS_PER_TURN:
+        return ParsedTurn(error=f"found {len(bodies)} tool calls; at most {MAX_CALLS_PER_TURN} per turn")
     calls = []
     for i, body in enumerate(bodies):
         try:
-            obj = json.loads(body.strip())
-        except json.JSONDecodeError as e:
-            return ParsedTurn(error=f"tool call {i + 1} is not valid JSON: {e.msg} at column {e.colno}")
+            obj, _ = load_json(body.strip())
+        except JSONProblem as e:
+            return ParsedTurn(error=f"tool call {i + 1} is not valid JSON: {e}")
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
             return ParsedTurn(error=f'tool call {i + 1} must be an object with a string "name"')
         args = obj.get("arguments", {})
         if isinstance(args, str):  # some models emit arguments as a JSON string
             try:
-                args = json.loads(args)
-            except json.JSONDecodeError:
-                return ParsedTurn(error=f"tool call {i + 1}: arguments is a string that is not JSON")
+                args, _ = load_json(args)
+            except JSONProblem as e:
+                return ParsedTurn(error=f"tool call {i + 1}: arguments is a string that is not JSON ({e})")
         calls.append(ToolCall(obj["name"], args))
     return ParsedTurn(calls=calls)
 
@@ -92,12 +195,110 @@ def parse_hermes(text: str) -> ParsedTurn:
 # ``Thought: ...\nAction: <tool>\nAction Input: <json object>``; the answer is the ``Finish`` action with
 # ``{"return_type": "give_answer", "final_answer": "..."}``. ``give_up_and_restart`` ends the episode
 # with ``GIVE_UP_ANSWER`` as its final answer (no checker scores it as solved).
+#
+# One grammar, two modes. ``strict`` is what a policy is held to at rollout time: exactly one Action line,
+# one Action Input after it holding one JSON value and nothing else (a hallucinated ``Observation:`` and
+# what follows it are ignored). ``lenient`` reads what published trajectories contain: end-of-turn tokens,
+# a missing Thought, several Action lines (the last one wins: a thought may quote an earlier one), input
+# that is not JSON (kept as raw text), control characters inside JSON strings.
 
 GIVE_UP_ANSWER = "[give_up_and_restart]"
 REACT_FINISH = "Finish"
-_REACT_ACTION = re.compile(r"^[ \t]*Action[ \t]*:[ \t]*(.*?)[ \t]*$", re.MULTILINE)
-_REACT_INPUT = re.compile(r"^[ \t]*Action[ \t]+Input[ \t]*:", re.MULTILINE)
+ReactMode = Literal["strict", "lenient"]
+_REACT_THOUGHT = re.compile(r"^[ \t]*Thought[ \t]*:[ \t]?", re.MULTILINE)
+_REACT_ACTION = re.compile(r"^[ \t]*Action[ \t]*:(.*)$", re.MULTILINE)
+_REACT_INPUT = re.compile(r"^[ \t]*Action[ \t]+Input[ \t]*:[ \t]*", re.MULTILINE)
 _REACT_OBSERVATION = re.compile(r"\n[ \t]*Observation[ \t]*:", re.IGNORECASE)
+_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "</s>")
+
+
+class ReactTurn(NamedTuple):
+    """A ReAct turn's parts: ``action`` is None when absent; ``action_input`` is the decoded JSON value
+    (strict mode), or a dict when it decoded to an object and else the raw text (lenient mode)."""
+
+    thought: str
+    action: str | None
+    action_input: Any
+
+
+def _strip_end_tokens(text: str) -> str:
+    body = text.rstrip()
+    changed = True
+    while changed:
+        changed = False
+        for tok in _END_TOKENS:
+            if body.endswith(tok):
+                body = body[: -len(tok)].rstrip()
+                changed = True
+    return body
+
+
+def _react_thought(body: str, end: int) -> str:
+    th = _REACT_THOUGHT.search(body, 0, end)
+    return body[th.end() if th else 0 : end].strip()
+
+
+def lenient_action_input(text: str) -> dict[str, Any] | str:
+    """The lenient reading of an Action Input: a dict when it is a JSON object, else the raw text."""
+    text = text.strip()
+    try:
+        value, _ = load_json(text, strict=False)
+    except JSONProblem:
+        return text
+    return value if isinstance(value, dict) else text
+
+
+def _split_react_lenient(text: str) -> ReactTurn:
+    body = _strip_end_tokens(text)
+    actions = list(_REACT_ACTION.finditer(body))
+    act = actions[-1] if actions else None
+    inp = _REACT_INPUT.search(body, act.end() if act else 0)
+    thought_end = act.start() if act else (inp.start() if inp else len(body))
+    thought = _react_thought(body, thought_end) if (act or inp) else body.strip()
+    action = act.group(1).strip() if act else None
+    action_input = lenient_action_input(body[inp.end() :]) if inp else ""
+    return ReactTurn(thought, action or None, action_input)
+
+
+def _split_react_strict(text: str) -> ReactTurn | str:
+    text = _REACT_OBSERVATION.split(text, maxsplit=1)[0]
+    actions = list(_REACT_ACTION.finditer(text))
+    if not actions:
+        return ("no 'Action:' line; call a tool with 'Action: <tool>' and 'Action Input: <json>', "
+                "or answer with 'Action: Finish'")  # fmt: skip
+    if len(actions) > 1:
+        return f"found {len(actions)} 'Action:' lines; write exactly one action per turn"
+    name = actions[0].group(1).strip()
+    if not name:
+        return "'Action:' names no tool"
+    inputs = list(_REACT_INPUT.finditer(text))
+    if len(inputs) != 1:
+        return f"expected one 'Action Input:' line after 'Action: {name[:60]}', found {len(inputs)}"
+    if inputs[0].start() < actions[0].start():
+        return "'Action Input:' must come after 'Action:'"
+    raw = text[inputs[0].end() :].strip()
+    args: Any = {}
+    if raw:
+        try:
+            args, end = load_json(raw, prefix=True)
+        except JSONProblem as e:
+            return f"Action Input of {name[:60]} is not valid JSON: {e}"
+        if raw[end:].strip():
+            return f"unexpected text after the Action Input JSON of {name[:60]}: {raw[end:].strip()[:40]!r}"
+    return ReactTurn(_react_thought(text, actions[0].start()), name, args)
+
+
+def split_react(text: str, mode: ReactMode = "strict") -> ReactTurn | str:
+    """The ReAct grammar: a turn's (thought, action, action_input), or in strict mode why it is malformed.
+
+    Lenient mode always returns a ``ReactTurn``; strict mode returns an error message instead when the
+    turn breaks the format a policy is trained to (see the comment above for both modes).
+    """
+    if mode == "strict":
+        return _split_react_strict(text)
+    if mode == "lenient":
+        return _split_react_lenient(text)
+    raise ValueError(f"ReAct mode must be 'strict' or 'lenient', got {mode!r}")
 
 
 def _react_finish(args: Any) -> ParsedTurn:
@@ -114,46 +315,37 @@ def _react_finish(args: Any) -> ParsedTurn:
     return ParsedTurn(final_answer=answer)
 
 
-@register_parser("react")
-def parse_react(text: str) -> ParsedTurn:
-    """ToolBench/StepTool ReAct: one ``Action:``/``Action Input:`` pair per turn; ``Finish`` answers.
-
-    A hallucinated ``Observation:`` after the Action Input is ignored (generation should stop there).
-    """
-    text = _REACT_OBSERVATION.split(text, maxsplit=1)[0]
-    actions = _REACT_ACTION.findall(text)
-    if not actions:
+def _react_turn(parts: ReactTurn | str) -> ParsedTurn:
+    if isinstance(parts, str):
+        return ParsedTurn(error=parts)
+    if parts.action is None:
         return ParsedTurn(error="no 'Action:' line; call a tool with 'Action: <tool>' and 'Action Input: "
                           "<json>', or answer with 'Action: Finish'")  # fmt: skip
-    if len(actions) > 1:
-        return ParsedTurn(error=f"found {len(actions)} 'Action:' lines; write exactly one action per turn")
-    name = actions[0]
-    if not name:
-        return ParsedTurn(error="'Action:' names no tool")
-    inputs = list(_REACT_INPUT.finditer(text))
-    if len(inputs) != 1:
-        return ParsedTurn(
-            error=f"expected one 'Action Input:' line after 'Action: {name}', found {len(inputs)}"
-        )
-    if inputs[0].start() < _REACT_ACTION.search(text).start():
-        return ParsedTurn(error="'Action Input:' must come after 'Action:'")
-    raw = text[inputs[0].end() :].strip()
-    if not raw:
-        args: Any = {}
-    else:
-        try:
-            args, end = json.JSONDecoder().raw_decode(raw)
-        except json.JSONDecodeError as e:
-            return ParsedTurn(error=f"Action Input of {name} is not valid JSON: {e.msg} at column {e.colno}")
-        if raw[end:].strip():
-            return ParsedTurn(
-                error=f"unexpected text after the Action Input JSON of {name}: {raw[end:].strip()[:40]!r}"
-            )
+    name, args = parts.action, parts.action_input
     if name == REACT_FINISH:
         return _react_finish(args)
     if not isinstance(args, dict):
-        return ParsedTurn(error=f"Action Input of {name} must be a JSON object, got {type(args).__name__}")
+        kind = "text that is not JSON" if isinstance(args, str) else type(args).__name__
+        return ParsedTurn(error=f"Action Input of {name[:60]} must be a JSON object, got {kind}")
     return ParsedTurn(calls=[ToolCall(name, args)])
+
+
+@register_parser("react")
+def parse_react(text: str) -> ParsedTurn:
+    """ToolBench/StepTool ReAct in strict mode: one ``Action:``/``Action Input:`` pair; ``Finish`` answers.
+
+    A hallucinated ``Observation:`` after the Action Input is ignored (generation should stop there).
+    """
+    return _react_turn(split_react(text, "strict"))
+
+
+@register_parser("react_lenient")
+def parse_react_lenient(text: str) -> ParsedTurn:
+    """ReAct in lenient mode (as published trajectories are read): the last Action wins, end tokens go."""
+    parts = split_react(text, "lenient")
+    if isinstance(parts, ReactTurn) and parts.action is not None and parts.action_input == "":
+        parts = parts._replace(action_input={})  # an empty Action Input, as in strict mode
+    return _react_turn(parts)
 
 
 # ---- Python call syntax ----------------------------------------------------------------------------
@@ -219,6 +411,8 @@ def _parse_call_line(line: str, index: int) -> ToolCall | str:
             args[kw.arg] = _literal(kw.value)
         except (ValueError, RecursionError) as e:
             return f"call {index} {name}(...): argument {kw.arg!r}: {e}"
+    if json_depth(args) > MAX_JSON_DEPTH:
+        return f"call {index} {name}(...): arguments nested deeper than {MAX_JSON_DEPTH} levels"
     return ToolCall(name, args)
 
 
@@ -231,7 +425,9 @@ def parse_pycall(text: str) -> ParsedTurn:
     """
     lines = [ln for ln in text.splitlines() if _PYCALL_LINE.match(ln)]
     if not lines:
-        return ParsedTurn(final_answer=_ANSWER.sub("", text.strip()).strip())
+        return _final_answer(text)
+    if len(lines) > MAX_CALLS_PER_TURN:
+        return ParsedTurn(error=f"found {len(lines)} tool calls; at most {MAX_CALLS_PER_TURN} per turn")
     calls = []
     for i, line in enumerate(lines, start=1):
         parsed = _parse_call_line(line, i)
@@ -243,8 +439,31 @@ def parse_pycall(text: str) -> ParsedTurn:
 
 # ---- ARPO tags ----------------------------------------------------------------------------------
 _TAG_TOOLS = {"python": "code", "search": "query"}  # tag -> (tool name = tag, argument name)
-_TAG = re.compile(r"<(python|search|answer)>(.*?)</\1>", re.DOTALL)
-_FENCE = re.compile(r"^\s*```[\w+-]*\s*\n(.*?)\n?\s*```\s*$", re.DOTALL)
+_TAG_OPEN = re.compile(r"<(python|search|answer)>")
+
+
+def _tag_blocks(text: str) -> list[tuple[str, str]] | str:
+    """(tag, body) of each ``<tag>body</tag>`` in order (a tag inside another's body is its content)."""
+    found, pos = [], 0
+    while m := _TAG_OPEN.search(text, pos):
+        close = f"</{m.group(1)}>"
+        end = text.find(close, m.end())
+        if end < 0:
+            return f"<{m.group(1)}> is not closed by {close}"
+        found.append((m.group(1), text[m.end() : end]))
+        pos = end + len(close)
+    return found
+
+
+def _unfence(body: str) -> str:
+    """The code inside a Markdown fence (```lang ... ```), or ``body`` when it is not fenced."""
+    inner = body.strip()
+    if not (inner.startswith("```") and inner.endswith("```") and len(inner) >= 6):
+        return body
+    first_newline = inner.find("\n")
+    if first_newline < 0 or not re.fullmatch(r"```[\w+-]*[ \t]*", inner[:first_newline]):
+        return body
+    return inner[first_newline + 1 : -3].rstrip()
 
 
 @register_parser("tags")
@@ -257,15 +476,14 @@ def parse_tags(text: str) -> ParsedTurn:
     for tag in ("python", "search", "answer"):
         if text.count(f"<{tag}>") != text.count(f"</{tag}>"):
             return ParsedTurn(error=f"<{tag}> is not closed by </{tag}> (or a closing tag has no opening)")
-    found = _TAG.findall(text)
+    found = _tag_blocks(text)
+    if isinstance(found, str):
+        return ParsedTurn(error=found)
     answers = [body for tag, body in found if tag == "answer"]
     calls = []
     for tag, body in found:
         if tag in _TAG_TOOLS:
-            body = body.strip()
-            fenced = _FENCE.match(body)
-            if fenced:
-                body = fenced.group(1)
+            body = _unfence(body.strip())
             if not body.strip():
                 return ParsedTurn(error=f"<{tag}></{tag}> is empty")
             calls.append(ToolCall(tag, {_TAG_TOOLS[tag]: body}))
@@ -281,7 +499,7 @@ def parse_tags(text: str) -> ParsedTurn:
 
 
 # ---- CodeTool code steps ------------------------------------------------------------------------
-_CODE_BLOCK = re.compile(r"```(?:python|py)[ \t]*\n(.*?)```", re.DOTALL)
+_CODE_OPEN = re.compile(r"```(?:python|py)[ \t]*\n")
 
 
 @register_parser("codestep")
@@ -290,12 +508,18 @@ def parse_codestep(text: str) -> ParsedTurn:
 
     A turn without a python block is the final answer (an ``Answer:`` prefix is stripped).
     """
-    opened = len(re.findall(r"```(?:python|py)[ \t]*\n", text))
-    blocks = _CODE_BLOCK.findall(text)
+    opened = len(_CODE_OPEN.findall(text))
+    blocks, pos = [], 0
+    while m := _CODE_OPEN.search(text, pos):
+        end = text.find("```", m.end())
+        if end < 0:
+            break
+        blocks.append(text[m.end() : end])
+        pos = end + 3
     if opened != len(blocks):
         return ParsedTurn(error="a ```python block is not closed by ```")
     if not blocks:
-        return ParsedTurn(final_answer=_ANSWER.sub("", text.strip()).strip())
+        return _final_answer(text)
     if any(not b.strip() for b in blocks):
         return ParsedTurn(error="a ```python block is empty")
     return ParsedTurn(calls=[ToolCall("python", {"code": b}) for b in blocks])

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 from steprl.protocol import StepRecord, Trajectory
+from tools_env.parsers import ReactTurn, lenient_action_input, split_react
 
 logger = logging.getLogger(__name__)
 
@@ -263,15 +264,6 @@ class Prediction:
 # --------------------------------------------------------------------------------------------------
 
 
-class ReactTurn(NamedTuple):
-    """``Thought: ...\\nAction: <tool>\\nAction Input: <json>``; action is None when absent, and the
-    input is a dict when it parsed as a JSON object, else the raw text."""
-
-    thought: str
-    action: str | None
-    action_input: dict[str, Any] | str
-
-
 class FinishInfo(NamedTuple):
     """A ``Finish`` call: return_type is "give_answer" or "give_up_and_restart" (or what the text says)."""
 
@@ -279,52 +271,19 @@ class FinishInfo(NamedTuple):
     final_answer: str | None
 
 
-_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "</s>")
-_THOUGHT_RE = re.compile(r"^[ \t]*Thought:[ \t]?", re.M)
-_ACTION_RE = re.compile(r"^[ \t]*Action:[ \t]*(.*)$", re.M)
-_INPUT_RE = re.compile(r"^[ \t]*Action Input:[ \t]*", re.M)
 _RETURN_TYPE_RE = re.compile(r'"return_type"\s*:\s*"([^"]*)"')
 _FINAL_ANSWER_RE = re.compile(r'"final_answer"\s*:\s*"((?:[^"\\]|\\.)*)', re.S)
-
-
-def _strip_end_tokens(text: str) -> str:
-    body = text.rstrip()
-    changed = True
-    while changed:
-        changed = False
-        for tok in _END_TOKENS:
-            if body.endswith(tok):
-                body = body[: -len(tok)].rstrip()
-                changed = True
-    return body
-
-
-def _parse_action_input(text: str) -> dict[str, Any] | str:
-    text = text.strip()
-    try:
-        value = json.loads(text, strict=False)
-    except (json.JSONDecodeError, RecursionError):
-        return text
-    return value if isinstance(value, dict) else text
+_parse_action_input = lenient_action_input
 
 
 def parse_react_turn(text: str) -> ReactTurn:
-    """Split a ReAct assistant turn into (thought, action, action_input).
+    """Split a ReAct assistant turn into (thought, action, action_input): the one ReAct grammar of
+    ``tools_env.parsers`` in its lenient mode.
 
     Tolerates what the published data contains: a missing ``Thought:`` (toolllama), an empty thought,
-    a leading newline, end-of-turn tokens, pretty-printed or invalid JSON input.
+    a leading newline, end-of-turn tokens, pretty-printed or invalid JSON input (kept as text).
     """
-    body = _strip_end_tokens(text)
-    actions = list(_ACTION_RE.finditer(body))
-    act = actions[-1] if actions else None  # the last one: a thought may quote an earlier "Action:"
-    inp = _INPUT_RE.search(body, act.end() if act else 0)
-    thought_end = act.start() if act else (inp.start() if inp else len(body))
-    th = _THOUGHT_RE.search(body, 0, thought_end)
-    thought_start = th.end() if th else 0
-    thought = body[thought_start:thought_end].strip() if (th or act or inp) else body.strip()
-    action = act.group(1).strip() if act else None
-    action_input = _parse_action_input(body[inp.end() :]) if inp else ""
-    return ReactTurn(thought, action or None, action_input)
+    return split_react(text, "lenient")
 
 
 def _finish_from_input(action_input: dict[str, Any] | str) -> FinishInfo:

@@ -59,7 +59,7 @@ def evaluate(spec: EvalSpec) -> dict[str, Any]:
         from tools_env.server import serve
 
         server = serve(host="127.0.0.1", port=0, background="process")
-        url = server.url
+        url = server.client_url  # carries the server's random token
     engine_kwargs: dict[str, Any] = {"dtype": spec.dtype, "seed": spec.seed}
     if spec.engine == "vllm":
         engine_kwargs.update(
