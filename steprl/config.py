@@ -18,6 +18,9 @@ from omegaconf import OmegaConf
 class ModelConfig:
     path: str = "embedded"  # "embedded" (built offline), a local directory, or a Hugging Face name
     dtype: str = "float32"
+    # how tool schemas reach the prompt: template (the chat template's `tools`), system_prompt (steprl's
+    # hermes-style block in the system message), auto (template if it renders tools, else system_prompt)
+    tool_prompt: str = "auto"
     lora_rank: int = 0  # 0: full fine-tuning
     lora_alpha: int = 16
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -508,4 +511,6 @@ def validate(cfg: Any) -> StepRLConfig:
     _check(c.sft.batch_size >= 1 and c.sft.epochs >= 0, "sft", "batch_size must be >= 1 and epochs >= 0")
     _check(c.optim.actor_lr > 0 and c.optim.critic_lr > 0, "optim", "learning rates must be > 0")
     _check(c.model.lora_rank >= 0, "model.lora_rank", "must be >= 0")
+    tool_prompts = ("auto", "template", "system_prompt")
+    _check(c.model.tool_prompt in tool_prompts, "model.tool_prompt", f"must be one of {list(tool_prompts)}")
     return c
