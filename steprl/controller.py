@@ -174,6 +174,7 @@ class Controller:
                 self.tool_server_url,
                 [c.data.suite],
                 budget,
+                tool_prompt=c.model.tool_prompt,
             )
 
         def prepare_rollout_worker(worker: Any) -> None:  # a replacement gets the current policy

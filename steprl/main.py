@@ -116,29 +116,14 @@ def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def resolve_model(path: str) -> str:
-    """``embedded`` -> build the tiny model; a directory -> itself; else a Hugging Face name (cache only)."""
-    if path == "embedded":
-        from steprl.models.tiny import ensure_tiny_model
+def resolve_model(path: str, tool_prompt: str = "auto") -> str:
+    """``model.path`` -> a checked local model directory (names, GGUF, dirs, hub: steprl/models/resolve.py)."""
+    from steprl.models.resolve import ModelError, resolve_model_path
 
-        return str(ensure_tiny_model())
-    p = Path(path).expanduser()
-    if p.exists():
-        if not (p / "config.json").exists():
-            raise UserError(
-                f"model path {path} exists but has no config.json (not a Hugging Face model directory)"
-            )
-        return str(p.resolve())
-    if path.startswith((".", "/", "~")):
-        raise UserError(f"model path {path} does not exist")
-    try:  # a hub name: the same loading code, but only what is already in the local cache
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(path, local_files_only=os.environ.get("HF_HUB_OFFLINE", "1") == "1")
-    except Exception as e:
-        raise UserError(
-            f"model {path!r} is neither a local directory nor in the Hugging Face cache ({type(e).__name__})"
-        ) from e
+    try:
+        return resolve_model_path(path, tool_prompt=tool_prompt)
+    except ModelError as e:
+        raise UserError(str(e)) from e
 
 
 def default_run_dir(recipe: str) -> Path:
@@ -177,7 +162,7 @@ def preflight(recipe: str, overrides: list[str], run_dir: Path | None) -> Job:
     from steprl.inputs import InputError, check_inputs
 
     cfg, config_yaml = load_config([f"recipe={recipe}", *overrides])
-    model_path = resolve_model(cfg.model.path)
+    model_path = resolve_model(cfg.model.path, cfg.model.tool_prompt)
     try:
         check_inputs(cfg)
     except InputError as e:

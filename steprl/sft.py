@@ -116,7 +116,9 @@ def sft_data(cfg: Any, suite: Suite, tokenizer: Any) -> tuple[list[Trajectory], 
             trajs,
             f"{len(trajs)} instances of {cfg.data.path} ({dropped} longer than sft.max_length dropped)",
         )
-    encoder = ChatEncoder(tokenizer, [t.schema() for t in suite.tools()], suite.system_prompt)
+    encoder = ChatEncoder(
+        tokenizer, [t.schema() for t in suite.tools()], suite.system_prompt, tool_prompt=cfg.model.tool_prompt
+    )
     tasks = suite.tasks("train", cfg.sft.num_demos, cfg.data.seed + 1)
     demos = demonstration_trajectories(suite, tasks, encoder, cfg.sft.suboptimal_share, cfg.trainer.seed)
     return demos, f"{len(demos)} demonstrations ({cfg.sft.suboptimal_share:.0%} with a suboptimal step)"

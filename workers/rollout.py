@@ -8,6 +8,7 @@ from typing import Any
 
 from steprl.chat import ChatEncoder
 from steprl.engines import get_engine
+from steprl.engines.base import stop_token_ids
 from steprl.episode import EpisodeBudget, run_episodes
 from steprl.protocol import Trajectory
 from tools_env.parsers import get_parser
@@ -36,6 +37,7 @@ class RolloutWorker:
         suites: list[str],
         budget: EpisodeBudget,
         threads: int = 1,
+        tool_prompt: str = "auto",
     ) -> None:
         import os
 
@@ -50,13 +52,16 @@ class RolloutWorker:
         self.encoders = {}
         for suite in suites:
             tools = self.env.list_tools(suite)
-            self.encoders[suite] = ChatEncoder(self.tokenizer, tools, get_suite(suite).system_prompt)
-        eot = next(iter(self.encoders.values())).eot_id
+            self.encoders[suite] = ChatEncoder(
+                self.tokenizer, tools, get_suite(suite).system_prompt, tool_prompt=tool_prompt
+            )
+        first = next(iter(self.encoders.values()))
         kwargs = dict(engine_kwargs)
         if engine == "hf":
-            kwargs["pad_token_id"] = self.tokenizer.pad_token_id
+            kwargs["pad_token_id"] = first.pad_id
         t0 = time.time()
-        self.engine = get_engine(engine)(model_path, stop_token_ids=[eot], **kwargs)
+        stops = stop_token_ids(model_path, first.stop_token_ids)
+        self.engine = get_engine(engine)(model_path, stop_token_ids=stops, **kwargs)
         self.startup_seconds = time.time() - t0
         self.parse = get_parser(tool_format)
         self.budget = budget

@@ -43,6 +43,24 @@ class RolloutEngine(ABC):
         """Release processes and memory."""
 
 
+def stop_token_ids(model_path: str, turn_stops: list[int]) -> list[int]:
+    """Every id that ends a turn: the chat template's end-of-turn and the tokenizer's EOS
+    (``ChatEncoder.stop_token_ids``) plus the EOS ids of the model's generation config. vLLM stops at
+    the latter by itself, so both engines count all of them, and a turn that ends on one of them is
+    never mistaken for a truncated one."""
+    from transformers import GenerationConfig
+
+    out = list(dict.fromkeys(turn_stops))
+    try:
+        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+    except OSError:  # no generation_config.json
+        eos = None
+    for i in [eos] if isinstance(eos, int) else list(eos or []):
+        if i not in out:
+            out.append(int(i))
+    return out
+
+
 ENGINES: dict[str, str | Callable[..., RolloutEngine]] = {
     "vllm": "steprl.engines.vllm_engine:VLLMEngine",
     "hf": "steprl.engines.hf_engine:HFEngine",
