@@ -17,7 +17,12 @@ from omegaconf import OmegaConf
 @dataclass
 class ModelConfig:
     path: str = "embedded"  # "embedded" (built offline), a local directory, or a Hugging Face name
+    # compute dtype of the actor / critic / reference and the rollout engine: float32 | bfloat16 | float16.
+    # bfloat16 pays on CPUs with AVX512-BF16/AMX and on GPUs; float32 stays the reference (docs/models.md)
     dtype: str = "float32"
+    # attention kernel, the same for training and rollout: sdpa | eager | flash_attention_2 (CUDA, if installed);
+    # vLLM picks its own CPU kernel for sdpa/eager and FLASH_ATTN for flash_attention_2
+    attn_implementation: str = "sdpa"
     lora_rank: int = 0  # 0: full fine-tuning
     lora_alpha: int = 16
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -125,7 +130,8 @@ class WorkerConfig:
     world_size: int = 2
     device: str = "cpu"
     backend: str = "auto"  # auto: gloo on CPU, nccl on CUDA
-    threads: int = 1  # torch threads per worker process
+    # torch threads per worker process; 0: the node's cores divided by the group's ranks (steprl.modeling.auto_threads)
+    threads: int = 0
     num_cpus: float = 0.5
     num_gpus: float = 0.0
 
@@ -400,6 +406,16 @@ def validate(cfg: Any) -> StepRLConfig:
     )
     _check(c.reward.alpha >= 0, "reward.alpha", f"must be >= 0, got {c.reward.alpha}")
     _validate_reward(c.reward)
+    _check(
+        c.model.dtype in ("float32", "bfloat16", "float16"),
+        "model.dtype",
+        f"must be float32, bfloat16 or float16, got {c.model.dtype!r}",
+    )
+    _check(
+        c.model.attn_implementation in ("sdpa", "eager", "flash_attention_2"),
+        "model.attn_implementation",
+        f"must be sdpa, eager or flash_attention_2, got {c.model.attn_implementation!r}",
+    )
     _check(c.rollout.temperature >= 0, "rollout.temperature", "must be >= 0")
     _check(c.rollout.group_size >= 1, "rollout.group_size", "must be >= 1")
     _check(c.rollout.eval_samples >= 1, "rollout.eval_samples", "must be >= 1")
@@ -428,6 +444,7 @@ def validate(cfg: Any) -> StepRLConfig:
     for name in ("actor", "critic", "ref"):
         w: WorkerConfig = getattr(c, name)
         _check(w.world_size >= 1, f"{name}.world_size", "must be >= 1")
+        _check(w.threads >= 0, f"{name}.threads", "must be >= 0 (0: cores / ranks)")
         _check(w.device in ("cpu", "cuda"), f"{name}.device", "must be 'cpu' or 'cuda'")
         _check(w.backend in ("auto", "gloo", "nccl"), f"{name}.backend", "must be auto, gloo or nccl")
     from steprl.methods import get_method

@@ -16,7 +16,14 @@ import torch.distributed as dist
 
 from steprl.algorithms.losses import entropy_from_logits, kl_penalty, masked_mean, ppo_policy_loss, value_loss
 from steprl.config import AlgorithmConfig, ModelConfig, OptimConfig, WorkerConfig
-from steprl.modeling import TensorDict, micro_batches, token_logprobs, trim_padding
+from steprl.modeling import (
+    TensorDict,
+    auto_threads,
+    first_used_column,
+    micro_batches,
+    token_logprobs,
+    trim_padding,
+)
 
 
 class FSDPWorker:
@@ -39,7 +46,7 @@ class FSDPWorker:
         self.model_path, self.model_cfg, self.worker_cfg = model_path, model_cfg, worker_cfg
         self.optim_cfg, self.algo_cfg = optim_cfg, algo_cfg
         self.seed = seed
-        torch.set_num_threads(worker_cfg.threads)
+        torch.set_num_threads(auto_threads(worker_cfg.threads, world_size))
         self.device = torch.device(
             worker_cfg.device if worker_cfg.device == "cpu" else f"cuda:{torch.cuda.current_device()}"
         )
@@ -69,9 +76,14 @@ class FSDPWorker:
     def _build_model(self) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(
-            self.model_path, dtype=getattr(torch, self.model_cfg.dtype)
-        )
+        return AutoModelForCausalLM.from_pretrained(self.model_path, **self._load_kwargs())
+
+    def _load_kwargs(self) -> dict[str, Any]:
+        """dtype and attention kernel, the same as the rollout engine's (``model.dtype``, ``model.attn_implementation``)."""
+        return {
+            "dtype": getattr(torch, self.model_cfg.dtype),
+            "attn_implementation": self.model_cfg.attn_implementation,
+        }
 
     def _apply_lora(self, model: torch.nn.Module, task_type: str) -> torch.nn.Module:
         if self.model_cfg.lora_rank <= 0:
@@ -100,11 +112,21 @@ class FSDPWorker:
     def _build_optimizer(self) -> torch.optim.Optimizer | None:
         return None
 
-    def _forward(self, data: TensorDict):
+    def _forward(self, data: TensorDict, **kwargs: Any):
         return self.model(
             input_ids=data["input_ids"].to(self.device),
             attention_mask=data["attention_mask"].to(self.device).long(),
+            **kwargs,
         )
+
+    def _logprobs(self, data: TensorDict) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Token log-probs (as wide as ``input_ids``), the logits they came from, and the first column they
+        cover: with an ``action_mask``, logits and log-softmax only from the first response token on (the
+        prompt's are never read), else everywhere."""
+        ids = data["input_ids"].to(self.device)
+        start = first_used_column(data["action_mask"]) if "action_mask" in data else 1
+        logits = self._forward(data, logits_to_keep=ids.shape[1] - start + 1).logits
+        return token_logprobs(logits, ids, start), logits, start
 
     def _global_count(self, mask: torch.Tensor) -> float:
         """Tokens under ``mask`` summed over ranks (so every rank divides by the same number)."""
@@ -285,7 +307,7 @@ class ActorWorker(FSDPWorker):
         self.model.eval()
         full_len = data["input_ids"].shape[1]
         data = trim_padding(data)
-        out = token_logprobs(self._forward(data).logits, data["input_ids"].to(self.device)).cpu()
+        out = self._logprobs(data)[0].cpu()
         return torch.nn.functional.pad(out, (0, full_len - out.shape[1]))
 
     def update_policy(self, data: TensorDict, kl_coef: float = 0.0) -> dict[str, float]:
@@ -294,8 +316,7 @@ class ActorWorker(FSDPWorker):
         self.set_lr(self.optim_cfg.actor_lr)  # an SFT phase before (cold start, RFT) left its own rate
 
         def loss_fn(mb: TensorDict, mask: torch.Tensor):
-            logits = self._forward(mb).logits
-            logprobs = token_logprobs(logits, mb["input_ids"].to(self.device))
+            logprobs, logits, start = self._logprobs(mb)
             # truncated IS weights of rollouts from an older policy (asynchronous rollouts)
             weights = mb["is_weights"].to(self.device) if "is_weights" in mb else None
             loss, metrics = ppo_policy_loss(
@@ -306,7 +327,7 @@ class ActorWorker(FSDPWorker):
             metrics["pg_loss"] = float(loss)
             metrics["lr"] = self.optimizer.param_groups[0]["lr"]
             if cfg.entropy_coef > 0:
-                entropy = masked_mean(entropy_from_logits(logits[:, :-1].float()), mask[:, 1:])
+                entropy = masked_mean(entropy_from_logits(logits[:, :-1].float()), mask[:, start:])
                 loss = loss - cfg.entropy_coef * entropy
                 metrics["entropy"] = float(entropy)
             if cfg.kl_in == "loss" and "ref_logprobs" in mb and kl_coef > 0:
@@ -325,7 +346,7 @@ class ActorWorker(FSDPWorker):
         data = trim_padding(data)
         mask = data["action_mask"].to(self.device)
         scale = mask.float().sum().item() / max(self._global_count(mask), 1.0) * self.world_size
-        logprobs = token_logprobs(self._forward(data).logits, data["input_ids"].to(self.device))
+        logprobs = self._logprobs(data)[0]
         nll = -masked_mean(logprobs, mask)
         grad_norm = self._step(nll * scale)
         return {"sft/nll": float(nll), "sft/grad_norm": grad_norm}
@@ -357,7 +378,7 @@ class CriticWorker(FSDPWorker):
         from transformers import AutoModelForTokenClassification
 
         model = AutoModelForTokenClassification.from_pretrained(
-            self.model_path, num_labels=1, dtype=getattr(torch, self.model_cfg.dtype)
+            self.model_path, num_labels=1, **self._load_kwargs()
         )
         head = model.score if hasattr(model, "score") else model.classifier
         torch.nn.init.zeros_(head.weight)
