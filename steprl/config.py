@@ -59,6 +59,9 @@ class RolloutConfig:
     max_model_len: int = 1024
     gpu_memory_utilization: float = 0.3
     tool_server: str = "inprocess"  # inprocess | local (start a FastAPI server) | http://host:port
+    # how new weights reach the engines: auto (file on one node, else object_store) | file (safetensors in a
+    # directory actor rank 0 and the engines share) | object_store (Ray; no shared file system needed)
+    weight_sync: str = "auto"
 
 
 @dataclass
@@ -415,6 +418,11 @@ def validate(cfg: Any) -> StepRLConfig:
         c.model.attn_implementation in ("sdpa", "eager", "flash_attention_2"),
         "model.attn_implementation",
         f"must be sdpa, eager or flash_attention_2, got {c.model.attn_implementation!r}",
+    )
+    _check(
+        c.rollout.weight_sync in ("auto", "file", "object_store"),
+        "rollout.weight_sync",
+        f"must be auto, file or object_store, got {c.rollout.weight_sync!r}",
     )
     _check(c.rollout.temperature >= 0, "rollout.temperature", "must be >= 0")
     _check(c.rollout.group_size >= 1, "rollout.group_size", "must be >= 1")

@@ -120,3 +120,58 @@ def test_hf_engine_generations_match_teacher_forcing(random_llama, temperature):
         assert torch.allclose(torch.tensor(g.logprobs), picked, atol=1e-4, rtol=0)  # KV cache vs one pass
         if temperature == 0.0:
             assert g.token_ids == ref.argmax(-1).tolist()
+
+
+def _actor(path, dtype: str):
+    """A real 1-rank ActorWorker in this process (gloo), as the Ray group would start it."""
+    import socket
+
+    from steprl.config import AlgorithmConfig, ModelConfig, OptimConfig, WorkerConfig
+    from workers.fsdp import ActorWorker
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    w = ActorWorker(0, 1, path, ModelConfig(path=path, dtype=dtype), WorkerConfig(world_size=1, threads=1),
+                    OptimConfig(actor_lr=1e-3), AlgorithmConfig(ppo_epochs=1, num_mini_batches=1), 0)  # fmt: skip
+    w.setup("127.0.0.1", port)
+    return w
+
+
+def _batch():
+    gen = torch.Generator().manual_seed(5)
+    ids = torch.randint(0, 97, (4, 24), generator=gen)
+    attn = torch.ones(4, 24, dtype=torch.bool)
+    action = torch.zeros(4, 24, dtype=torch.bool)
+    action[:, 12:] = True
+    return {"input_ids": ids, "attention_mask": attn, "action_mask": action,
+            "advantages": torch.randn(4, 24, generator=gen) * action}  # fmt: skip
+
+
+# bf16 keeps 8 mantissa bits: log-probs of a 97-token vocabulary (about -4.6) move by ~1e-2
+BF16_LOGPROB_TOL = 0.1
+BF16_LOSS_TOL = 0.02
+
+
+def test_bf16_compute_keeps_fp32_master_weights_and_close_numbers(random_llama):
+    """model.dtype=bfloat16: forward/backward in bf16 (FSDP2 mixed precision), parameters and AdamW state in
+    fp32; log-probs and the PPO loss stay within the stated tolerance of the fp32 path."""
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        w = _actor(random_llama, dtype)
+        try:
+            data = _batch()
+            lp = w.compute_logprobs(data)
+            data["old_logprobs"] = lp
+            metrics = w.update_policy(data)
+            results[dtype] = (lp, metrics)
+            assert all(p.dtype == torch.float32 for p in w.model.parameters())  # the master copy
+            state = w.full_state_dict()
+            assert all(v.dtype == torch.float32 for v in state.values())  # what the engines receive
+        finally:
+            w.shutdown()
+    (lp32, m32), (lp16, m16) = results["float32"], results["bfloat16"]
+    mask = _batch()["action_mask"]
+    assert (lp32[mask] - lp16[mask]).abs().max() < BF16_LOGPROB_TOL
+    assert (lp32[mask] - lp16[mask]).abs().max() > 0  # it did compute in bf16
+    assert abs(m32["actor/pg_loss"] - m16["actor/pg_loss"]) < BF16_LOSS_TOL

@@ -79,11 +79,9 @@ class FSDPWorker:
         return AutoModelForCausalLM.from_pretrained(self.model_path, **self._load_kwargs())
 
     def _load_kwargs(self) -> dict[str, Any]:
-        """dtype and attention kernel, the same as the rollout engine's (``model.dtype``, ``model.attn_implementation``)."""
-        return {
-            "dtype": getattr(torch, self.model_cfg.dtype),
-            "attn_implementation": self.model_cfg.attn_implementation,
-        }
+        """Weights load in float32 (the master copy the optimizer updates); ``model.dtype`` is the compute
+        dtype FSDP2 casts them to (:meth:`_shard`); the attention kernel is the rollout engine's."""
+        return {"dtype": torch.float32, "attn_implementation": self.model_cfg.attn_implementation}
 
     def _apply_lora(self, model: torch.nn.Module, task_type: str) -> torch.nn.Module:
         if self.model_cfg.lora_rank <= 0:
@@ -104,10 +102,17 @@ class FSDPWorker:
 
         model.to(self.device)
         mesh = init_device_mesh(self.device.type, (self.world_size,))
+        kwargs: dict[str, Any] = {"mesh": mesh}
+        if self.model_cfg.dtype != "float32":  # bf16/fp16 compute, fp32 master weights and gradient reduction
+            from torch.distributed.fsdp import MixedPrecisionPolicy
+
+            kwargs["mp_policy"] = MixedPrecisionPolicy(
+                param_dtype=getattr(torch, self.model_cfg.dtype), reduce_dtype=torch.float32
+            )
         for module in model.modules():  # one FSDP unit per decoder layer, then the root
             if type(module).__name__.endswith("DecoderLayer"):
-                fully_shard(module, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+                fully_shard(module, **kwargs)
+        fully_shard(model, **kwargs)
 
     def _build_optimizer(self) -> torch.optim.Optimizer | None:
         return None
@@ -180,22 +185,11 @@ class FSDPWorker:
         Tied weights are written under both names: vLLM's in-place ``reload_weights`` on CPU keeps
         serving the old output projection when ``lm_head.weight`` is missing from the files.
         """
-        from safetensors.torch import save_file
-
         state = self.full_state_dict()
         if self.rank != 0:
             return None
-        os.makedirs(directory, exist_ok=True)
-        config = self._hf_config()
-        seen: set[int] = set()
-        for key, value in state.items():  # safetensors refuses tensors that share storage
-            ptr = value.untyped_storage().data_ptr()
-            state[key] = value.clone().contiguous() if ptr in seen else value.contiguous()
-            seen.add(ptr)
-        tmp = os.path.join(directory, "model.safetensors.tmp")
-        save_file(state, tmp, metadata={"format": "pt"})
-        os.replace(tmp, os.path.join(directory, "model.safetensors"))
-        config.save_pretrained(directory)
+        write_safetensors(state, directory)
+        self._hf_config().save_pretrained(directory)
         return directory
 
     def _hf_config(self):
@@ -272,6 +266,27 @@ class FSDPWorker:
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def write_safetensors(state: dict[str, torch.Tensor], directory: str) -> None:
+    """``directory/model.safetensors`` from a full state dict, atomically (written, then renamed).
+
+    Tensors that share storage (tied embeddings) are written as copies under every name: safetensors
+    refuses shared storage, and vLLM's in-place ``reload_weights`` on CPU keeps serving the old output
+    projection when ``lm_head.weight`` is missing from the files.
+    """
+    from safetensors.torch import save_file
+
+    os.makedirs(directory, exist_ok=True)
+    seen: set[int] = set()
+    out = {}
+    for key, value in state.items():
+        ptr = value.untyped_storage().data_ptr()
+        out[key] = value.clone().contiguous() if ptr in seen else value.contiguous()
+        seen.add(ptr)
+    tmp = os.path.join(directory, "model.safetensors.tmp")
+    save_file(out, tmp, metadata={"format": "pt"})
+    os.replace(tmp, os.path.join(directory, "model.safetensors"))
 
 
 def merge_lora(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
