@@ -240,6 +240,7 @@ def trl_worker(model_path: str, tasks: int, iterations: int, out: str) -> None:
     class Clock(TrainerCallback):
         def on_step_end(self, *_a: Any, **_k: Any) -> None:
             stamps.append(time.time())
+            print(f"TRL step {len(stamps) - 1}: {stamps[-1] - stamps[-2]:.1f}s", file=sys.stderr, flush=True)
 
         def on_train_begin(self, *_a: Any, **_k: Any) -> None:
             stamps.append(time.time())
