@@ -509,6 +509,7 @@ class Controller:
             **self.fault_metrics(),
             "kl_coef": self.kl_ctl.value,
             "rollout/tokens_per_second": gen / max(rstats["rollout/seconds"], 1e-9),
+            "rollout/generated_tokens": gen,  # the tokens the update trains on (benchmarks/peer_trl.py)
         }
 
     def save_checkpoint(self, tag: str, iteration: int = 0) -> Path:
