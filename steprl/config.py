@@ -19,10 +19,15 @@ from omegaconf import OmegaConf
 @dataclass
 class ModelConfig:
     path: str = "embedded"  # "embedded" (built offline), a local directory, or a Hugging Face name
+    # compute dtype of the actor / critic / reference and the rollout engine: float32 | bfloat16 | float16.
+    # bfloat16 pays on CPUs with AVX512-BF16/AMX and on GPUs; float32 stays the reference (docs/models.md)
     dtype: str = "float32"
     # how tool schemas reach the prompt: template (the chat template's `tools`), system_prompt (steprl's
     # hermes-style block in the system message), auto (template if it renders tools, else system_prompt)
     tool_prompt: str = "auto"
+    # attention kernel, the same for training and rollout: sdpa | eager | flash_attention_2 (CUDA, if installed);
+    # vLLM picks its own CPU kernel for sdpa/eager and FLASH_ATTN for flash_attention_2
+    attn_implementation: str = "sdpa"
     lora_rank: int = 0  # 0: full fine-tuning
     lora_alpha: int = 16
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -59,6 +64,9 @@ class RolloutConfig:
     max_model_len: int = 1024
     gpu_memory_utilization: float = 0.3
     tool_server: str = "inprocess"  # inprocess | local (start a FastAPI server) | http://host:port
+    # how new weights reach the engines: auto (file on one node, else object_store) | file (safetensors in a
+    # directory actor rank 0 and the engines share) | object_store (Ray; no shared file system needed)
+    weight_sync: str = "auto"
 
 
 @dataclass
@@ -130,7 +138,8 @@ class WorkerConfig:
     world_size: int = 2
     device: str = "cpu"
     backend: str = "auto"  # auto: gloo on CPU, nccl on CUDA
-    threads: int = 1  # torch threads per worker process
+    # torch threads per worker process; 0: the node's cores divided by the group's ranks (steprl.modeling.auto_threads)
+    threads: int = 0
     num_cpus: float = 0.5
     num_gpus: float = 0.0
 
@@ -396,6 +405,11 @@ def _check_algorithm(a: AlgorithmConfig) -> None:
 
 
 def _check_rollout(r: RolloutConfig) -> None:
+    _check(
+        r.weight_sync in ("auto", "file", "object_store"),
+        "rollout.weight_sync",
+        f"must be auto, file or object_store, got {r.weight_sync!r}",
+    )
     _check(r.temperature >= 0, "rollout.temperature", "must be >= 0")
     _check(r.eval_temperature >= 0, "rollout.eval_temperature", "must be >= 0")
     _check(r.group_size >= 1, "rollout.group_size", "must be >= 1")
@@ -522,6 +536,16 @@ def check_ranges(c: StepRLConfig) -> None:
     _check(c.optim.grad_clip > 0, "optim.grad_clip", "must be > 0")
     _check(c.model.lora_rank >= 0, "model.lora_rank", "must be >= 0")
     _check(bool(c.model.path), "model.path", "must be embedded, a model directory or a Hugging Face name")
+    _check(
+        c.model.dtype in ("float32", "bfloat16", "float16"),
+        "model.dtype",
+        f"must be float32, bfloat16 or float16, got {c.model.dtype!r}",
+    )
+    _check(
+        c.model.attn_implementation in ("sdpa", "eager", "flash_attention_2"),
+        "model.attn_implementation",
+        f"must be sdpa, eager or flash_attention_2, got {c.model.attn_implementation!r}",
+    )
     tool_prompts = ("auto", "template", "system_prompt")
     _check(c.model.tool_prompt in tool_prompts, "model.tool_prompt", f"must be one of {list(tool_prompts)}")
 

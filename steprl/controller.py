@@ -45,6 +45,7 @@ from workers.fsdp import ActorWorker, CriticWorker, RefWorker
 from workers.group import Placement, WorkerGroup, node_ids, run_bundles
 from workers.reward import RewardWorker, merge_metrics, reward_env
 from workers.rollout import RolloutWorker
+from workers.weight_sync import choose_mode, sync_weights
 
 
 class Controller:
@@ -158,7 +159,11 @@ class Controller:
         budget = EpisodeBudget(
             c.rollout.max_turns, c.rollout.max_response_tokens, c.rollout.max_tokens_per_turn
         )
-        engine_kwargs = {"dtype": c.model.dtype, "seed": c.trainer.seed}
+        engine_kwargs = {
+            "dtype": c.model.dtype,
+            "seed": c.trainer.seed,
+            "attn_implementation": c.model.attn_implementation,
+        }
         if c.rollout.engine == "vllm":
             engine_kwargs.update(
                 max_model_len=c.rollout.max_model_len, gpu_memory_utilization=c.rollout.gpu_memory_utilization
@@ -175,12 +180,14 @@ class Controller:
                 [c.data.suite],
                 budget,
                 tool_prompt=c.model.tool_prompt,
+                workers_per_node=c.rollout.num_workers,
             )
 
         def prepare_rollout_worker(worker: Any) -> None:  # a replacement gets the current policy
             ray.get(worker.ready.remote())
             if self.weights_synced:
-                ray.get(worker.load_weights.remote(str(self.sync_dir)))
+                mode = choose_mode(c.rollout.weight_sync, self.actor, [worker])
+                sync_weights(mode, self.actor, [worker], self.sync_dir)
 
         self.rollout_pool = WorkerPool(
             "rollout",
@@ -310,10 +317,11 @@ class Controller:
         return metrics, extra
 
     def sync_weights(self) -> float:
+        """The actor's weights into every rollout engine, by ``rollout.weight_sync`` (workers/weight_sync.py)."""
         t0 = time.time()
-        self.actor.call_all("save_hf", str(self.sync_dir))
+        mode = choose_mode(self.cfg.rollout.weight_sync, self.actor, self.rollout_workers)
+        sync_weights(mode, self.actor, self.rollout_workers, self.sync_dir)
         self.weights_synced = True  # from now on a re-created rollout worker loads these weights too
-        ray.get([w.load_weights.remote(str(self.sync_dir)) for w in self.rollout_workers])
         self.rollout_version = self.actor_version
         return time.time() - t0
 
@@ -502,6 +510,7 @@ class Controller:
             **self.fault_metrics(),
             "kl_coef": self.kl_ctl.value,
             "rollout/tokens_per_second": gen / max(rstats["rollout/seconds"], 1e-9),
+            "rollout/generated_tokens": gen,  # the tokens the update trains on (benchmarks/peer_trl.py)
         }
 
     def save_checkpoint(self, tag: str, iteration: int = 0) -> Path:

@@ -9,12 +9,37 @@ import torch
 TensorDict = dict[str, torch.Tensor]
 
 
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """``out[b, t] = log p(input_ids[b, t] | < t)``; position 0 has no prediction and is 0."""
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, start: int = 1) -> torch.Tensor:
+    """``out[b, t] = log p(input_ids[b, t] | < t)`` for ``t >= start``; earlier columns are 0.
+
+    ``logits`` are the model's logits at positions ``start - 1 .. L - 1`` (``logits_to_keep=L - start + 1``;
+    all positions when ``start == 1``): the prompt's logits are never computed when nothing reads them.
+    """
+    length = input_ids.shape[1]
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    picked = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    first = torch.zeros(picked.shape[0], 1, dtype=picked.dtype, device=picked.device)
-    return torch.cat([first, picked], dim=1)  # as wide as input_ids, also for one-token rows
+    picked = logp.gather(-1, input_ids[:, start:].unsqueeze(-1)).squeeze(-1)
+    return torch.nn.functional.pad(picked, (length - picked.shape[1], 0))  # as wide as input_ids
+
+
+def first_used_column(mask: torch.Tensor) -> int:
+    """The first column any row of ``mask`` covers, at least 1 (column 0 has no prediction); the width
+    if none does. Log-probs are needed from there on only (the response, not the prompt)."""
+    cols = mask.any(0).nonzero()
+    return max(1, int(cols[0])) if len(cols) else mask.shape[1]
+
+
+def auto_threads(threads: int, ranks: int) -> int:
+    """``threads`` if set, else this process's cores divided by the ranks that share them (at least 1).
+
+    Stages run one after another (rollout, then each group's forward/update), so a group's ranks may use
+    every core of the node while they run; one thread per rank left half the cores idle on a 1-rank group.
+    """
+    if threads > 0:
+        return threads
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, ranks))
 
 
 def shard_rows(data: TensorDict, num_shards: int) -> list[TensorDict]:

@@ -79,13 +79,31 @@ def test_rollout_throughput_smoke(tmp_path):
 def test_train_throughput_smoke(tmp_path):
     bench = _load("train_throughput")
     out = tmp_path / "train.json"
-    assert bench.main(["--models", "embedded", "--shapes", "1x1", "--batch", "2", "--updates", "1",
-                       "--matmul-n", "256", "--json", str(out)]) == 0  # fmt: skip
+    assert bench.main(["--models", "embedded", "--shapes", "1x1", "--batch", "2", "--updates", "1", "--dtypes",
+                       "float32", "--roles", "actor,critic", "--matmul-n", "256", "--json", str(out)]) == 0  # fmt: skip
     data = json.loads(out.read_text())
-    (r,) = data["results"]
-    assert r["world_size"] == 1 and r["tokens_per_s"] > 0 and r["peak_mb_per_rank"] > 50
-    assert r["flops_per_s"] == pytest.approx(6 * r["params"] * r["tokens_per_s"])
-    assert r["share_of_peak_all_threads"] == pytest.approx(r["flops_per_s"] / data["peak_flops_all_threads"])
+    actor, critic = data["results"]
+    for r in (actor, critic):
+        assert r["world_size"] == 1 and r["tokens_per_s"] > 0 and r["peak_mb_per_rank"] > 50
+        assert r["flops_per_s"] == pytest.approx(r["flops_per_update"] / r["seconds_per_update"])
+        assert r["share_of_peak"] == pytest.approx(r["flops_per_s"] / data["peak_flops"]["float32"])
+    assert actor["role"] == "actor" and critic["role"] == "critic"
+
+
+def test_update_flops_by_hand():
+    """One row of 4 tokens (1 padding), response from column 2: the count written out."""
+    import torch
+
+    bench = _load("train_throughput")
+    shape = {"body": 10, "head": 7, "hidden": 3, "d_attn": 2, "layers": 5}
+    data = {
+        "attention_mask": torch.tensor([[1, 1, 1, 0]]),
+        "action_mask": torch.tensor([[False, False, True, False]]),
+    }
+    # tokens 3, sum of (t + 1) = 1 + 2 + 3 = 6; actor head at columns 1.. -> 2 real positions
+    body = 2 * 10 * 3 + 4 * 2 * 5 * 6
+    assert bench.update_flops(shape, data, "actor") == 3 * (body + 2 * 7 * 2)
+    assert bench.update_flops(shape, data, "critic") == 3 * (body + 2 * 3 * 3)
 
 
 def test_matmul_peak_is_a_plausible_rate():

@@ -16,7 +16,14 @@ import torch.distributed as dist
 
 from steprl.algorithms.losses import entropy_from_logits, kl_penalty, masked_mean, ppo_policy_loss, value_loss
 from steprl.config import AlgorithmConfig, ModelConfig, OptimConfig, WorkerConfig
-from steprl.modeling import TensorDict, micro_batches, token_logprobs, trim_padding
+from steprl.modeling import (
+    TensorDict,
+    auto_threads,
+    first_used_column,
+    micro_batches,
+    token_logprobs,
+    trim_padding,
+)
 
 
 class FSDPWorker:
@@ -39,7 +46,7 @@ class FSDPWorker:
         self.model_path, self.model_cfg, self.worker_cfg = model_path, model_cfg, worker_cfg
         self.optim_cfg, self.algo_cfg = optim_cfg, algo_cfg
         self.seed = seed
-        torch.set_num_threads(worker_cfg.threads)
+        torch.set_num_threads(auto_threads(worker_cfg.threads, world_size))
         self.device = torch.device(
             worker_cfg.device if worker_cfg.device == "cpu" else f"cuda:{torch.cuda.current_device()}"
         )
@@ -69,9 +76,12 @@ class FSDPWorker:
     def _build_model(self) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(
-            self.model_path, dtype=getattr(torch, self.model_cfg.dtype)
-        )
+        return AutoModelForCausalLM.from_pretrained(self.model_path, **self._load_kwargs())
+
+    def _load_kwargs(self) -> dict[str, Any]:
+        """Weights load in float32 (the master copy the optimizer updates); ``model.dtype`` is the compute
+        dtype FSDP2 casts them to (:meth:`_shard`); the attention kernel is the rollout engine's."""
+        return {"dtype": torch.float32, "attn_implementation": self.model_cfg.attn_implementation}
 
     def _apply_lora(self, model: torch.nn.Module, task_type: str) -> torch.nn.Module:
         if self.model_cfg.lora_rank <= 0:
@@ -92,19 +102,36 @@ class FSDPWorker:
 
         model.to(self.device)
         mesh = init_device_mesh(self.device.type, (self.world_size,))
+        kwargs: dict[str, Any] = {"mesh": mesh}
+        if self.model_cfg.dtype != "float32":  # bf16/fp16 compute, fp32 master weights and gradient reduction
+            from torch.distributed.fsdp import MixedPrecisionPolicy
+
+            kwargs["mp_policy"] = MixedPrecisionPolicy(
+                param_dtype=getattr(torch, self.model_cfg.dtype), reduce_dtype=torch.float32
+            )
         for module in model.modules():  # one FSDP unit per decoder layer, then the root
             if type(module).__name__.endswith("DecoderLayer"):
-                fully_shard(module, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+                fully_shard(module, **kwargs)
+        fully_shard(model, **kwargs)
 
     def _build_optimizer(self) -> torch.optim.Optimizer | None:
         return None
 
-    def _forward(self, data: TensorDict):
+    def _forward(self, data: TensorDict, **kwargs: Any):
         return self.model(
             input_ids=data["input_ids"].to(self.device),
             attention_mask=data["attention_mask"].to(self.device).long(),
+            **kwargs,
         )
+
+    def _logprobs(self, data: TensorDict) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Token log-probs (as wide as ``input_ids``), the logits they came from, and the first column they
+        cover: with an ``action_mask``, logits and log-softmax only from the first response token on (the
+        prompt's are never read), else everywhere."""
+        ids = data["input_ids"].to(self.device)
+        start = first_used_column(data["action_mask"]) if "action_mask" in data else 1
+        logits = self._forward(data, logits_to_keep=ids.shape[1] - start + 1).logits
+        return token_logprobs(logits, ids, start), logits, start
 
     def _global_count(self, mask: torch.Tensor) -> float:
         """Tokens under ``mask`` summed over ranks (so every rank divides by the same number)."""
@@ -158,22 +185,11 @@ class FSDPWorker:
         Tied weights are written under both names: vLLM's in-place ``reload_weights`` on CPU keeps
         serving the old output projection when ``lm_head.weight`` is missing from the files.
         """
-        from safetensors.torch import save_file
-
         state = self.full_state_dict()
         if self.rank != 0:
             return None
-        os.makedirs(directory, exist_ok=True)
-        config = self._hf_config()
-        seen: set[int] = set()
-        for key, value in state.items():  # safetensors refuses tensors that share storage
-            ptr = value.untyped_storage().data_ptr()
-            state[key] = value.clone().contiguous() if ptr in seen else value.contiguous()
-            seen.add(ptr)
-        tmp = os.path.join(directory, "model.safetensors.tmp")
-        save_file(state, tmp, metadata={"format": "pt"})
-        os.replace(tmp, os.path.join(directory, "model.safetensors"))
-        config.save_pretrained(directory)
+        write_safetensors(state, directory)
+        self._hf_config().save_pretrained(directory)
         return directory
 
     def _hf_config(self):
@@ -252,6 +268,27 @@ class FSDPWorker:
             dist.destroy_process_group()
 
 
+def write_safetensors(state: dict[str, torch.Tensor], directory: str) -> None:
+    """``directory/model.safetensors`` from a full state dict, atomically (written, then renamed).
+
+    Tensors that share storage (tied embeddings) are written as copies under every name: safetensors
+    refuses shared storage, and vLLM's in-place ``reload_weights`` on CPU keeps serving the old output
+    projection when ``lm_head.weight`` is missing from the files.
+    """
+    from safetensors.torch import save_file
+
+    os.makedirs(directory, exist_ok=True)
+    seen: set[int] = set()
+    out = {}
+    for key, value in state.items():
+        ptr = value.untyped_storage().data_ptr()
+        out[key] = value.clone().contiguous() if ptr in seen else value.contiguous()
+        seen.add(ptr)
+    tmp = os.path.join(directory, "model.safetensors.tmp")
+    save_file(out, tmp, metadata={"format": "pt"})
+    os.replace(tmp, os.path.join(directory, "model.safetensors"))
+
+
 def merge_lora(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Fold LoRA adapters into base weights and return plain Hugging Face names (W + s * B @ A)."""
     scale = cfg.lora_alpha / cfg.lora_rank
@@ -285,7 +322,7 @@ class ActorWorker(FSDPWorker):
         self.model.eval()
         full_len = data["input_ids"].shape[1]
         data = trim_padding(data)
-        out = token_logprobs(self._forward(data).logits, data["input_ids"].to(self.device)).cpu()
+        out = self._logprobs(data)[0].cpu()
         return torch.nn.functional.pad(out, (0, full_len - out.shape[1]))
 
     def update_policy(self, data: TensorDict, kl_coef: float = 0.0) -> dict[str, float]:
@@ -294,8 +331,7 @@ class ActorWorker(FSDPWorker):
         self.set_lr(self.optim_cfg.actor_lr)  # an SFT phase before (cold start, RFT) left its own rate
 
         def loss_fn(mb: TensorDict, mask: torch.Tensor):
-            logits = self._forward(mb).logits
-            logprobs = token_logprobs(logits, mb["input_ids"].to(self.device))
+            logprobs, logits, start = self._logprobs(mb)
             # truncated IS weights of rollouts from an older policy (asynchronous rollouts)
             weights = mb["is_weights"].to(self.device) if "is_weights" in mb else None
             loss, metrics = ppo_policy_loss(
@@ -306,7 +342,7 @@ class ActorWorker(FSDPWorker):
             metrics["pg_loss"] = float(loss)
             metrics["lr"] = self.optimizer.param_groups[0]["lr"]
             if cfg.entropy_coef > 0:
-                entropy = masked_mean(entropy_from_logits(logits[:, :-1].float()), mask[:, 1:])
+                entropy = masked_mean(entropy_from_logits(logits[:, :-1].float()), mask[:, start:])
                 loss = loss - cfg.entropy_coef * entropy
                 metrics["entropy"] = float(entropy)
             if cfg.kl_in == "loss" and "ref_logprobs" in mb and kl_coef > 0:
@@ -325,7 +361,7 @@ class ActorWorker(FSDPWorker):
         data = trim_padding(data)
         mask = data["action_mask"].to(self.device)
         scale = mask.float().sum().item() / max(self._global_count(mask), 1.0) * self.world_size
-        logprobs = token_logprobs(self._forward(data).logits, data["input_ids"].to(self.device))
+        logprobs = self._logprobs(data)[0]
         nll = -masked_mean(logprobs, mask)
         grad_norm = self._step(nll * scale)
         return {"sft/nll": float(nll), "sft/grad_norm": grad_norm}
@@ -357,7 +393,7 @@ class CriticWorker(FSDPWorker):
         from transformers import AutoModelForTokenClassification
 
         model = AutoModelForTokenClassification.from_pretrained(
-            self.model_path, num_labels=1, dtype=getattr(torch, self.model_cfg.dtype)
+            self.model_path, num_labels=1, **self._load_kwargs()
         )
         head = model.score if hasattr(model, "score") else model.classifier
         torch.nn.init.zeros_(head.weight)

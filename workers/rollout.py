@@ -10,6 +10,7 @@ from steprl.chat import ChatEncoder
 from steprl.engines import get_engine
 from steprl.engines.base import stop_token_ids
 from steprl.episode import EpisodeBudget, run_episodes
+from steprl.modeling import auto_threads
 from steprl.protocol import Trajectory
 from tools_env.parsers import get_parser
 from tools_env.suite import Task, get_suite
@@ -36,8 +37,9 @@ class RolloutWorker:
         tool_server: str,
         suites: list[str],
         budget: EpisodeBudget,
-        threads: int = 1,
+        threads: int = 0,
         tool_prompt: str = "auto",
+        workers_per_node: int = 1,
     ) -> None:
         import os
 
@@ -46,7 +48,7 @@ class RolloutWorker:
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
-        torch.set_num_threads(threads)
+        torch.set_num_threads(auto_threads(threads, workers_per_node))
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.env = make_env(tool_server)
         self.encoders = {}
@@ -112,6 +114,23 @@ class RolloutWorker:
         self.engine.load_weights(weights_dir)
         return time.time() - t0
 
+    def load_state(self, state: dict[str, Any]) -> float:
+        """Weights that arrived through Ray's object store (``rollout.weight_sync=object_store``): written
+        to this node's own ``/dev/shm`` and reloaded from there like the file path (no shared file system)."""
+        import os
+        import tempfile
+
+        from workers.fsdp import write_safetensors
+
+        t0 = time.time()
+        if getattr(self, "_recv_dir", None) is None:
+            shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            self._recv_dir = tempfile.mkdtemp(prefix="steprl-recv-", dir=shm)
+        write_safetensors(state, self._recv_dir)
+        del state
+        self.engine.load_weights(self._recv_dir)
+        return time.time() - t0
+
     def peak_memory_mb(self) -> dict[str, float]:
         """Peak resident memory of this worker (ru_maxrss) plus the peaks of its live child processes (vLLM
         runs its engine core in one; read from /proc), and the CUDA peak when the engine holds torch on a GPU."""
@@ -140,4 +159,8 @@ class RolloutWorker:
         return out
 
     def shutdown(self) -> None:
+        import shutil
+
         self.engine.shutdown()
+        if getattr(self, "_recv_dir", None):
+            shutil.rmtree(self._recv_dir, ignore_errors=True)

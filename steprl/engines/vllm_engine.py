@@ -6,6 +6,12 @@ from steprl.algorithms.arpo import normalized_entropy_from_topk
 from steprl.engines.base import Generation, RolloutEngine
 
 
+def vllm_attention(attn_implementation: str) -> dict[str, str]:
+    """``model.attn_implementation`` for vLLM: flash_attention_2 -> its FLASH_ATTN backend; sdpa / eager ->
+    the platform's default (vLLM-CPU has one attention kernel; on CUDA vLLM chooses flash-attn if installed)."""
+    return {"attention_backend": "FLASH_ATTN"} if attn_implementation == "flash_attention_2" else {}
+
+
 class VLLMEngine(RolloutEngine):
     def __init__(
         self,
@@ -18,6 +24,7 @@ class VLLMEngine(RolloutEngine):
         enforce_eager: bool = True,
         tensor_parallel_size: int = 1,
         entropy_topk: int = 20,
+        attn_implementation: str = "sdpa",
     ) -> None:
         from vllm import LLM
 
@@ -31,6 +38,7 @@ class VLLMEngine(RolloutEngine):
             seed=seed,
             enforce_eager=enforce_eager,
             tensor_parallel_size=tensor_parallel_size,
+            **vllm_attention(attn_implementation),
         )
 
     def generate(
