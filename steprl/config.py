@@ -99,7 +99,11 @@ class AlgorithmConfig:
     gamma: float = 1.0
     lam: float = 0.95
     token_level_refine: bool = False
-    whiten_advantages: bool = True
+    # None: the estimator's definition (steprl.algorithms.advantages.whitens); the value-based algorithm
+    # groups set true (PPO's convention); grpo / rloo are not whitened again after their group baseline
+    whiten_advantages: bool | None = None
+    # grpo / rloo outcome: is_solved | sum (of the step rewards; ARPO writes its reward there)
+    outcome: str = "is_solved"
     clip_low: float = 0.2
     clip_high: float = 0.2
     dual_clip: float | None = None
@@ -387,6 +391,7 @@ def validate(cfg: Any) -> StepRLConfig:
         "algorithm.estimator",
         f"must be one of {sorted(ADVANTAGE_ESTIMATORS)}, got {c.algorithm.estimator!r}",
     )
+    _check(c.algorithm.outcome in ("is_solved", "sum"), "algorithm.outcome", "must be 'is_solved' or 'sum'")
     _check(c.algorithm.loss_agg in AGG_MODES, "algorithm.loss_agg", f"must be one of {AGG_MODES}")
     _check(c.algorithm.kl_kind in KL_KINDS, "algorithm.kl_kind", f"must be one of {KL_KINDS}")
     _check(c.algorithm.kl_in in ("loss", "reward"), "algorithm.kl_in", "must be 'loss' or 'reward'")
