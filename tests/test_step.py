@@ -121,3 +121,38 @@ def test_methods_depend_on_the_context_not_on_the_controller():
             node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
         } | {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         assert "steprl.controller" not in imported, path.name
+
+
+def test_prefetcher_trains_one_batch_behind_and_syncs_before_each_submission():
+    """Batch k+1 is drawn and submitted right after the newest policy was synced; batch k comes back
+    with its staleness (actor updates since its submission) and the sync's seconds."""
+    from steprl.prefetch import Prefetcher
+
+    events: list[str] = []
+    state = {"actor": 0, "drawn": 0}
+
+    def draw() -> list[str]:
+        state["drawn"] += 1
+        events.append(f"draw{state['drawn']}")
+        return [f"task{state['drawn']}"]
+
+    def produce(tasks: list[str], it: int) -> Rollout:
+        return Rollout(metrics={"it": float(it)}, payload=tasks)
+
+    def sync() -> float:
+        events.append(f"sync@{state['actor']}")
+        return 0.25
+
+    pre = Prefetcher(produce, draw, sync, lambda: state["actor"], last_iteration=3)
+    try:
+        got = []
+        for it in (1, 2, 3):
+            r = pre.take(it)
+            got.append((r.payload, r.metrics["it"], r.metrics["async/staleness"], r.sync_seconds))
+            assert pre.in_flight() == ([f"task{it + 1}"] if it < 3 else [])
+            state["actor"] += 1  # this iteration's update
+        # iteration 1 is on-policy; later batches were submitted one update before they are trained on
+        assert got == [(["task1"], 1.0, 0.0, 0.25), (["task2"], 2.0, 1.0, 0.25), (["task3"], 3.0, 1.0, 0.25)]
+        assert events == ["draw1", "sync@0", "draw2", "sync@1", "draw3", "sync@2"]
+    finally:
+        pre.shutdown()

@@ -59,9 +59,9 @@ class TreeSpec:
 
 def tree_rollout(
     worker: Any, tasks: list[dict[str, Any]], spec: dict[str, Any], temperature: float, seed: int
-) -> tuple[list[list[Trajectory]], dict[str, float]]:
+) -> tuple[list[Trajectory], dict[str, float]]:
     """Grow one ARPO group per task inside a RolloutWorker (called through ``RolloutWorker.run``);
-    returns the groups (one list per task, in order) and the tree statistics.
+    returns the trajectories, task by task, and the tree statistics.
 
     Every trajectory carries ``meta["arpo_cuts"]``: ``[start, segment]`` pairs in response
     coordinates (segments are local to this call; rows sharing a prefix share its segments).
@@ -139,10 +139,7 @@ def tree_rollout(
     done.sort(key=lambda ep: (owner[id(ep)], ep.index))
     trajs = [ep.traj for ep in done]
     generated = sum(sum(t.action_mask) for t in trajs)
-    groups: list[list[Trajectory]] = [[] for _ in task_objs]
-    for ep in done:
-        groups[owner[id(ep)]].append(ep.traj)
-    return groups, {
+    return trajs, {
         "rollout/seconds": time.time() - t0,
         "rollout/generated_tokens": generated,
         "arpo/branch_points": stats["branch_points"],
@@ -198,10 +195,14 @@ class ARPO(Method):
         chunks, results = ctx.fan_out(
             tree_rollout, [t.to_dict() for t in tasks], spec, c.rollout.temperature, seed=ctx.rollout_seed(it)
         )
-        by_task = merge_by_id(chunks, [groups for groups, _ in results])
-        for w, (groups, _) in enumerate(results):  # segments are local to a chunk: make them global
-            for t in (t for g in groups for t in g):
+        for w, (part, _) in enumerate(results):  # segments are local to a chunk: make them global
+            for t in part:
                 t.meta["arpo_cuts"] = [[start, seg * len(chunks) + w] for start, seg in t.meta["arpo_cuts"]]
+        groups = [  # each task of a chunk gets its tree, exactly once
+            [[t for t in part if t.task_id == tasks[i].task_id] for i in chunk]
+            for chunk, (part, _) in zip(chunks, results, strict=True)
+        ]
+        by_task = merge_by_id(chunks, groups)
         trajs = [t for i in range(len(tasks)) for t in by_task[i]]
         stats = {k: sum(st[k] for _, st in results) for k in results[0][1] if k != "rollout/seconds"}
         seconds = time.time() - t0
