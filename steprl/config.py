@@ -112,7 +112,11 @@ class AlgorithmConfig:
     gamma: float = 1.0
     lam: float = 0.95
     token_level_refine: bool = False
-    whiten_advantages: bool = True
+    # None: the estimator's definition (steprl.algorithms.advantages.whitens); the value-based algorithm
+    # groups set true (PPO's convention); grpo / rloo are not whitened again after their group baseline
+    whiten_advantages: bool | None = None
+    # grpo / rloo outcome: is_solved | sum (of the step rewards; ARPO writes its reward there)
+    outcome: str = "is_solved"
     clip_low: float = 0.2
     clip_high: float = 0.2
     dual_clip: float | None = None
@@ -402,6 +406,7 @@ def _check_algorithm(a: AlgorithmConfig) -> None:
     _check(a.num_mini_batches >= 1, "algorithm.num_mini_batches", "must be >= 1")
     _check(a.rollout_is in ("auto", "on", "off"), "algorithm.rollout_is", "must be auto, on or off")
     _check(a.rollout_is_cap > 0, "algorithm.rollout_is_cap", "must be > 0")
+    _check(a.outcome in ("is_solved", "sum"), "algorithm.outcome", "must be 'is_solved' or 'sum'")
 
 
 def _check_rollout(r: RolloutConfig) -> None:

@@ -157,6 +157,20 @@ class WorkerPool:
             except Exception as e:  # e.g. the engine did not start on the new process
                 error = e
 
+    def reconfigure(self, create: Callable[[int], Any]) -> None:
+        """Replace every worker with one from ``create`` (a new configuration, not a failure: no
+        restart is charged); later restarts use ``create`` too. The new workers are ready first."""
+        new = [create(i) for i in range(len(self.workers))]
+        if self.prepare is not None:
+            for w in new:
+                self.prepare(w)
+        for w in self.workers:
+            with contextlib.suppress(Exception):
+                ray.kill(w, no_restart=True)
+        self.workers[:] = new  # in place: holders of the list see the new workers
+        self.create = create
+        self._generation = [g + 1 for g in self._generation]
+
     def run(self, chunks: Sequence[Any], submit: Callable[[Any, int, Any], Any]) -> list[Any]:
         """Each chunk's result exactly once, in chunk order.
 

@@ -190,11 +190,13 @@ def init_ray(cfg) -> None:
 
 def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, Any]:
     from steprl.checkpoint import ResumePoint
-    from steprl.controller import Controller, curve_keys
+    from steprl.cold_start import cold_start
+    from steprl.controller import Controller
+    from steprl.evaluation.metrics import CURVE_KEYS
     from steprl.logger import plot_curves
     from steprl.methods import get_method
     from steprl.progress import memory_summary, timing_summary
-    from steprl.sft import run_sft, sft_data
+    from steprl.run_state import restore, save_checkpoint
 
     resume = ResumePoint.find(cfg.trainer.resume, run_dir)  # metrics cut back to its iteration
     ctl = Controller(cfg, model_path, run_dir)
@@ -207,32 +209,7 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
         p.stage(f"starting actor ({cfg.actor.world_size} FSDP2 ranks)")
         ctl.start_actor(method.actor_class())
         policy_path = model_path if resume is None else resume.start_policy(model_path)
-        if cfg.sft.enabled and cfg.sft.epochs > 0 and resume is not None:  # trained before the checkpoint
-            ctl.sft_data, _ = sft_data(cfg, ctl.suite, ctl.tokenizer)
-        elif cfg.sft.enabled and cfg.sft.epochs > 0:
-            demos, what = sft_data(cfg, ctl.suite, ctl.tokenizer)
-            ctl.sft_data = demos
-            p.stage(f"SFT cold start on {what}, loss on {cfg.sft.loss_on} assistant turns")
-
-            def on_step(step: int, total: int, m: dict[str, float]) -> None:
-                p.bar(step, total, f"nll {m['sft/nll']:.3f}")
-                ctl.logger.log(0, {"sft/step": step, **m})
-
-            def sft_step(tensors, lr):
-                return ctl.actor.mean_metrics("sft_step", tensors, lr=lr)
-
-            run_sft(
-                sft_step,
-                demos,
-                ctl.pad_id,
-                cfg.sft.epochs,
-                cfg.sft.batch_size,
-                cfg.sft.lr,
-                cfg.trainer.seed,
-                on_step,
-                loss_on=cfg.sft.loss_on,
-            )
-            policy_path = str(ctl.save_checkpoint("sft") / "actor")
+        policy_path = cold_start(ctl, resumed=resume is not None) or policy_path
         p.stage(f"starting rollout ({cfg.rollout.engine}), reward, reference and critic workers")
         ctl.start_rest(policy_path, need_ref=method.needs_ref)
         method.setup(ctl)
@@ -240,7 +217,7 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
         start_it = 0
         if resume is not None:
             p.stage(f"resuming from {resume.path} (iteration {resume.iteration})")
-            start_it = int(ctl.restore(resume.path)["iteration"])
+            start_it = int(restore(ctl, resume.path)["iteration"])
         start_eval = resume.start_eval() if resume is not None else {}
         if not start_eval and cfg.trainer.eval_start:
             p.stage(f"evaluating the starting policy on {len(ctl.test_tasks)} held-out tasks")
@@ -264,15 +241,17 @@ def train(cfg, config_yaml: str, model_path: str, run_dir: Path) -> dict[str, An
             ctl.logger.log(it, metrics)
             p.iteration(it, total, metrics)
             if cfg.trainer.save_every and it % cfg.trainer.save_every == 0 and it < total:
-                ctl.save_checkpoint(f"iter_{it:05d}", iteration=it)
+                save_checkpoint(ctl, f"iter_{it:05d}", iteration=it)
         end_eval = (  # no iteration: the policy did not change since the first evaluation
             {k.replace("eval/start/", "eval/final/"): v for k, v in start_eval.items()}
             if total == 0 and start_eval
             else ctl.evaluate("final", seed=cfg.trainer.seed)
         )
         ctl.logger.log(total, {**end_eval, "eval/pass_rate": end_eval["eval/final/pass_rate"]})
-        ckpt = ctl.save_checkpoint("final", iteration=total)
-        plot = plot_curves(ctl.logger.history, run_dir / "curves.png", curve_keys(), f"steprl {cfg.recipe}")
+        ckpt = save_checkpoint(ctl, "final", iteration=total)
+        plot = plot_curves(
+            ctl.logger.history, run_dir / "curves.png", list(CURVE_KEYS), f"steprl {cfg.recipe}"
+        )
         summary.update(
             status="completed",
             pass_rate_before_rl=start_eval.get("eval/start/pass_rate"),

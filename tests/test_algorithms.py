@@ -428,7 +428,7 @@ def test_steptool_compat_hand_example():
     # 0 prompt | 1 act0 | 2 obs | 3 act1 | 4 obs | 5,6 act2 ; rewards [0.5, 0.4, 1.0], n = 3
     b = collate([make_traj(1, [(1, 1), (1, 1), (2, 0)], [0.5, 0.4, 1.0])], pad_id=0)
     v = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]])
-    cfg = AdvantageConfig("steptool_compat", gamma=1.0, lam=0.5, compat_whiten=False)
+    cfg = AdvantageConfig("steptool_compat", gamma=1.0, lam=0.5, whiten=False)
     out = compute_advantages(b, v, cfg)
     # token rewards: pos1 = 0.5*2 = 1.0, pos3 = 0.4*1 = 0.4, pos6 = 1.0*0 = 0
     # V_tok = values[t-1] on action tokens, 0 elsewhere: pos1 .1, pos3 .3, pos5 .5, pos6 .6

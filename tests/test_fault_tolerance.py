@@ -18,10 +18,10 @@ from omegaconf import OmegaConf
 
 from steprl.algorithms.advantages import AdvantageConfig, compute_advantages
 from steprl.config import StepRLConfig, validate
-from steprl.controller import episode_metrics
 from steprl.engines.base import Generation, RolloutEngine
 from steprl.engines.hf_engine import HFEngine
 from steprl.episode import EpisodeBudget, run_episodes
+from steprl.evaluation.metrics import episode_metrics
 from steprl.fault import WorkerFailure, merge_by_id, split
 from steprl.protocol import collate
 from tools_env.client import ToolClient
@@ -298,3 +298,121 @@ def test_pool_counts_a_replacement_that_fails_to_start_and_keeps_chunk_order(ray
         WorkerFailure, match=r"doubler worker 1 failed 4 times .* last error: RuntimeError: x"
     ):
         pool.restart(1, RuntimeError("x"))
+
+
+# ---- the methods' own fan-out (trees, policy samples, exploration) goes through the same path ----
+
+METHODS = {
+    **OVERRIDES,
+    "rollout": {**OVERRIDES["rollout"], "group_size": 2, "max_turns": 3},
+    "trainer": {**OVERRIDES["trainer"], "tasks_per_iteration": 2},
+    "algorithm": {**OVERRIDES["algorithm"], "estimator": "grpo", "outcome": "sum"},
+    "arpo": {"initial_rollouts": 1, "alpha": 1.0, "beta": 0.0, "beam_size": 2},
+    "codetool": {"tree_tasks": 2, "tree_depth": 1, "tree_width": 2, "completions": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def method_controller(ray_cluster, tiny_model_path, tmp_path_factory):
+    from steprl.controller import Controller
+
+    cfg = validate(OmegaConf.merge(OmegaConf.structured(StepRLConfig), METHODS))
+    ctl = Controller(cfg, tiny_model_path, tmp_path_factory.mktemp("methods"))
+    ctl.start_rest(tiny_model_path)
+    yield ctl
+    ctl.shutdown()
+
+
+def _rollout_pid(worker) -> int:
+    import ray
+
+    return ray.get(worker.pid.remote())
+
+
+def _killed_once(ctl, slot: int, run):
+    """``run()`` once undisturbed and once with rollout worker ``slot`` SIGKILLed right after its first
+    chunk was submitted; returns both results (the caller checks they are the same)."""
+    baseline = run()
+    before = list(ctl.rollout_pool.restarts)
+    killed = _kill_on_submit(ctl.rollout_pool, slot, _rollout_pid)
+    try:
+        again = run()
+    finally:
+        ctl.rollout_pool.on_submit = None
+    assert len(killed) == 1
+    assert ctl.rollout_pool.restarts[slot] == before[slot] + 1  # re-created, the chunk re-run
+    return baseline, again
+
+
+@pytest.mark.slow
+def test_arpo_trees_survive_a_killed_rollout_worker(method_controller):
+    from steprl.methods import get_method
+
+    ctl, arpo = method_controller, get_method("arpo")
+
+    def collect():
+        ctl.cursor = 0  # the same two tasks every time
+        return arpo.collect(ctl, 1)
+
+    baseline, again = _killed_once(ctl, 1, collect)
+    m = ctl.cfg.rollout.group_size
+    for r in (baseline, again):  # every tree holds exactly M trajectories: nothing lost or duplicated
+        ids = [t.task_id for t in r.trajectories]
+        assert len(ids) == 2 * m and all(ids.count(i) == m for i in set(ids))
+        assert r.generated_tokens > 0 and r.seconds > 0
+    key = [(t.task_id, t.response_ids, t.step_rewards, t.meta["arpo_cuts"]) for t in baseline.trajectories]
+    assert [
+        (t.task_id, t.response_ids, t.step_rewards, t.meta["arpo_cuts"]) for t in again.trajectories
+    ] == key
+    assert baseline.metrics == again.metrics
+
+
+@pytest.mark.slow
+def test_archer_policy_samples_survive_a_killed_rollout_worker(method_controller):
+    from steprl.methods import get_method
+
+    ctl, archer = method_controller, get_method("archer")
+    states = [t.prompt_ids for t in _batch(ctl, seed=5)[:5]]
+    baseline, again = _killed_once(ctl, 0, lambda: archer.policy_actions(ctl, states, seed=9))
+    assert len(baseline) == len(states) and all(baseline)  # one sampled turn per state, in order
+    assert again == baseline
+
+
+@pytest.mark.slow
+def test_codetool_exploration_trees_survive_a_killed_rollout_worker(method_controller):
+    from steprl.methods import get_method
+
+    ctl, codetool = method_controller, get_method("codetool")
+    baseline, again = _killed_once(ctl, 1, lambda: codetool.prm_examples(ctl, seed=4))
+    (examples, stats), (examples2, stats2) = baseline, again
+    # 2 tasks, depth 1, width 2: each tree has its root and 2 children, every child completed once
+    assert stats["codetool/tree_nodes"] == 6.0 and stats["codetool/tree_rollouts"] == 4.0
+    assert (examples2, stats2) == (examples, stats)
+
+
+@pytest.mark.slow
+def test_set_reward_config_replaces_the_workers_in_their_bundles_and_restarts_keep_it(method_controller):
+    from dataclasses import replace
+
+    import ray
+
+    ctl = method_controller
+    old = list(ctl.reward_workers)
+    restarts = list(ctl.reward_pool.restarts)
+    ctl.set_reward_config(replace(ctl.cfg.reward, alpha=3.0))
+    assert all(w not in old for w in ctl.reward_workers) and ctl.reward_pool.restarts == restarts
+
+    def alphas() -> list[float]:
+        return ray.get(
+            [w.__ray_call__.remote(lambda self: self.pipeline.cfg.alpha) for w in ctl.reward_workers]
+        )
+
+    assert alphas() == [3.0]
+    killed = _kill_on_submit(
+        ctl.reward_pool, 0, lambda w: ray.get(w.__ray_call__.remote(lambda self: os.getpid()))
+    )
+    try:
+        trajs = _batch(ctl)
+    finally:
+        ctl.reward_pool.on_submit = None
+    assert len(killed) == 1 and len(trajs) == 8 and alphas() == [3.0]  # the replacement has the new config

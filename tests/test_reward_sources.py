@@ -460,6 +460,7 @@ def test_controller_scores_on_reward_actors_and_saves_rollouts(tmp_path, tiny_mo
     from steprl.controller import Controller
     from steprl.data import read_trajectories_parquet
     from steprl.main import load_config
+    from steprl.methods import get_method
     from steprl.protocol import collate
 
     with start_fake_judge(latency=0.01) as judge:
@@ -492,7 +493,9 @@ def test_controller_scores_on_reward_actors_and_saves_rollouts(tmp_path, tiny_mo
         try:
             ctl.start_actor()
             ctl.start_rest(tiny_model_path)
-            metrics = ctl.iteration(1)
+            method = get_method("ppo")
+            method.setup(ctl)
+            metrics = method.iteration(ctl, 1)
         finally:
             ctl.shutdown()
         assert judge.state.requests == 4 * 2  # 4 episodes x 2 samples, spread over 2 reward actors

@@ -112,7 +112,7 @@ def test_compat_placement_matches_repository_rule_on_every_row():
 def test_compat_estimator_on_the_csv_batch():
     rows = read_rows()
     b = collate([to_trajectory(*row) for row in rows], pad_id=0)
-    cfg = AdvantageConfig("steptool_compat", compat_whiten=False)
+    cfg = AdvantageConfig("steptool_compat", whiten=False)
     out = compute_advantages(b, torch.zeros(b.input_ids.shape), cfg)
     assert not bool((out.advantages != 0)[~b.action_mask].any())
     # with zero values, A_t = sum_{t' >= t} (gamma lam)^(t' - t) r_t' over ALL tokens (observations

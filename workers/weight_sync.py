@@ -33,6 +33,27 @@ def choose_mode(mode: str, actor: WorkerGroup, rollout_workers: list[Any]) -> st
     return "file" if all(n == actor_node for n in node_ids(rollout_workers)) else "object_store"
 
 
+def export_weights(mode: str, actor: WorkerGroup, sync_dir: Path) -> Any:
+    """The actor's current weights, ready for ``load_weights_remote``: a directory (``file``) or an
+    object ref (``object_store``)."""
+    if mode == "file":
+        actor.call_all("save_hf", str(sync_dir))
+        return str(sync_dir)
+    if mode == "object_store":
+        refs = [w.full_state_dict.remote() for w in actor.workers]  # a collective: every rank takes part
+        ray.get(refs[1:])  # the other ranks return empty dicts
+        ray.wait(refs[:1])
+        return refs[0]
+    raise ValueError(f"weight sync mode must be file or object_store, got {mode!r}")
+
+
+def load_weights_remote(worker: Any, mode: str, source: Any) -> Any:
+    """Ask one rollout worker to load ``source`` (from ``export_weights``); returns the call's ObjectRef.
+
+    Ray resolves an object ref argument on the worker's node, over the network when the nodes differ."""
+    return worker.load_weights.remote(source) if mode == "file" else worker.load_state.remote(source)
+
+
 def sync_weights(
     mode: str, actor: WorkerGroup, rollout_workers: list[Any], sync_dir: Path
 ) -> dict[str, float]:
@@ -42,19 +63,7 @@ def sync_weights(
     ``load`` (every rollout worker's receive + reload, in parallel).
     """
     t0 = time.time()
-    if mode == "file":
-        actor.call_all("save_hf", str(sync_dir))
-        t1 = time.time()
-        ray.get([w.load_weights.remote(str(sync_dir)) for w in rollout_workers])
-    elif mode == "object_store":
-        refs = [w.full_state_dict.remote() for w in actor.workers]  # a collective: every rank takes part
-        ray.get(refs[1:])  # the other ranks return empty dicts
-        ray.wait(refs[:1])
-        t1 = time.time()
-        ray.get(
-            [w.load_state.remote(refs[0]) for w in rollout_workers]
-        )  # Ray resolves the ref on each worker
-        del refs
-    else:
-        raise ValueError(f"weight sync mode must be file or object_store, got {mode!r}")
+    source = export_weights(mode, actor, sync_dir)
+    t1 = time.time()
+    ray.get([load_weights_remote(w, mode, source) for w in rollout_workers])
     return {"export": t1 - t0, "load": time.time() - t1}

@@ -12,6 +12,11 @@ is added on action tokens by token-level estimators and summed per step by step-
 
 A truncated episode bootstraps from ``values[b, last_index[b]]``, the value of its last state;
 otherwise (done, or ended for any other reason) the value after the last step is 0.
+Whitening over the batch's action tokens happens in one place, :func:`compute_advantages`, never
+inside an estimator: ``cfg.whiten`` True/False, or None for the estimator's own definition (registered
+with it: REINFORCE++ and the trl-0.10 compat mode whiten; GRPO and RLOO, whose group baseline already
+normalizes, and the value-based estimators return raw advantages).
+
 Formulas next to each function are collected in ``docs/algorithms.md``.
 """
 
@@ -46,7 +51,9 @@ class AdvantageConfig:
     norm_by_std: bool = True  # grpo: divide by the group std
     outcome: str = "is_solved"  # grpo/rloo outcome: "is_solved" | "sum" (of step rewards)
     eps: float = 1e-6  # grpo std epsilon
-    compat_whiten: bool = True  # steptool_compat: whiten advantages over the batch, as trl 0.10 does
+    # whiten advantages over the batch's action tokens (in compute_advantages, once); None: the
+    # estimator's definition (True for reinforce_pp and steptool_compat, which trl 0.10 whitens)
+    whiten: bool | None = None
 
 
 @dataclass
@@ -58,16 +65,19 @@ class AdvantageOutput:
 
 AdvantageFn = Callable[..., AdvantageOutput]
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {}
+WHITENS_BY_DEFAULT: dict[str, bool] = {}  # name -> whether the estimator's definition whitens
 
 
-def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
-    """Register an estimator under ``name`` (extension without editing this module)."""
+def register_advantage(name: str, *, whitens: bool = False) -> Callable[[AdvantageFn], AdvantageFn]:
+    """Register an estimator under ``name`` (extension without editing this module); ``whitens``: its
+    definition whitens the advantages over the batch (applied by :func:`compute_advantages`)."""
 
     def deco(fn: AdvantageFn) -> AdvantageFn:
         old = ADVANTAGE_ESTIMATORS.get(name)
         if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
             raise ValueError(f"advantage estimator {name!r} is already registered by {old.__module__}")
         ADVANTAGE_ESTIMATORS[name] = fn
+        WHITENS_BY_DEFAULT[name] = whitens
         return fn
 
     return deco
@@ -85,8 +95,34 @@ def compute_advantages(
     cfg: AdvantageConfig,
     extra_token_rewards: torch.Tensor | None = None,
 ) -> AdvantageOutput:
-    """Dispatch to ``cfg.estimator``."""
+    """Dispatch to ``cfg.estimator``, then whiten over the action tokens if :func:`whitens` says so."""
+    out = estimate_advantages(batch, values, cfg, extra_token_rewards)
+    return whiten_output(out, batch.action_mask, whitens(cfg))
+
+
+def estimate_advantages(
+    batch: Batch,
+    values: torch.Tensor | None,
+    cfg: AdvantageConfig,
+    extra_token_rewards: torch.Tensor | None = None,
+) -> AdvantageOutput:
+    """The estimator's raw output (no whitening): what the training step's prepare stage whitens."""
     return get_advantage_estimator(cfg.estimator)(batch, values, cfg, extra_token_rewards=extra_token_rewards)
+
+
+def whitens(cfg: AdvantageConfig) -> bool:
+    """``cfg.whiten``, or the estimator's definition when it is None."""
+    return WHITENS_BY_DEFAULT.get(cfg.estimator, False) if cfg.whiten is None else cfg.whiten
+
+
+def whiten_output(out: AdvantageOutput, action_mask: torch.Tensor, whiten: bool) -> AdvantageOutput:
+    """The one place advantages are whitened: ``(A - mean) / sqrt(var + 1e-8)`` over action tokens.
+
+    Also used for advantages that do not come from an estimator (ArCHer's critic), so that nothing is
+    whitened twice."""
+    if not whiten:
+        return out
+    return AdvantageOutput(masked_whiten(out.advantages, action_mask), out.returns, out.value_mask)
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -336,7 +372,7 @@ def final_reward(
     return AdvantageOutput(adv, returns, value_mask)
 
 
-@register_advantage("steptool_compat")
+@register_advantage("steptool_compat", whitens=True)
 def steptool_compat(
     batch: Batch,
     values: torch.Tensor | None,
@@ -350,7 +386,7 @@ def steptool_compat(
     multiplied by 0); per-token GAE over ALL tokens, where ``V_t = values[t - 1]`` on action
     tokens and 0 elsewhere (observation tokens stay in the recursion with reward 0 and value 0);
     the value after the last token is 0 (no bootstrap, even if truncated). Advantages are then
-    whitened over the batch's action tokens unless ``cfg.compat_whiten`` is False.
+    whitened over the batch's action tokens (as trl 0.10 does) unless ``cfg.whiten`` is False.
     """
     values = _require_values(values, batch, "steptool_compat")
     act = batch.action_mask
@@ -362,8 +398,7 @@ def steptool_compat(
     delta = rewards + cfg.gamma * v_next - v_tok
     adv = _discounted_gae(delta, cfg.gamma * cfg.lam)
     returns, value_mask = _shift_to_states((adv + v_tok) * act, act)
-    adv = masked_whiten(adv, act) if cfg.compat_whiten else adv * act
-    return AdvantageOutput(adv, returns, value_mask)
+    return AdvantageOutput(adv * act, returns, value_mask)
 
 
 @register_advantage("isolated_steps")
@@ -429,7 +464,7 @@ def rloo(
     return _critic_free(batch, adv)
 
 
-@register_advantage("reinforce_pp")
+@register_advantage("reinforce_pp", whitens=True)
 def reinforce_pp(
     batch: Batch,
     values: torch.Tensor | None,
@@ -447,4 +482,4 @@ def reinforce_pp(
     rewards = place_step_rewards(batch) + _extra(batch, extra_token_rewards)
     zeros = torch.zeros_like(rewards)
     _, returns = action_token_gae(zeros, rewards, act, rewards.new_zeros(batch.size), cfg.gamma, 1.0)
-    return AdvantageOutput(masked_whiten(returns, act), returns, torch.zeros_like(act))
+    return AdvantageOutput(returns * act, returns, torch.zeros_like(act))

@@ -4,7 +4,9 @@ A row is what ``steprl.evaluation.runner.result_row`` writes for one task: at le
 ``pass_score`` (IsSolved: 1 solved, 0.5 unsure, 0 unsolved), ``tool_success`` (SuccCalling of each tool
 step in order: 1st, 2nd, ... tool call), ``num_steps``, ``response_tokens``, ``generated_tokens`` and
 ``end_reason``. Keeping the metrics on rows (not on live trajectories) lets ``--compare`` recompute them
-from saved JSON files.
+from saved JSON files. :func:`episode_metrics` is the flat view the training log uses (``train/``,
+``eval/<tag>/``) on live trajectories, built from the same pieces (pass rate, end reasons): the one
+module where episode metrics are defined.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from steprl.protocol import Trajectory
 
 PASS_LABELS = {1.0: "solved", 0.5: "unsure", 0.0: "unsolved"}
 
@@ -74,6 +79,31 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         }
         out["search"]["accepted_share"] = sum(bool(s["accepted"]) for s in searched) / len(searched)
     return out
+
+
+def episode_metrics(trajs: Sequence[Trajectory], prefix: str) -> dict[str, float]:
+    """Flat per-batch means for the metrics log: ``<prefix>pass_rate``, ``reward`` (step-reward sum),
+    ``steps``, ``tool_success`` (SuccCalling over all tool steps), ``response_tokens``, ``truncated``
+    (share and count: cut by a budget, kept and bootstrapped), ``episodes`` and ``end/<reason>`` shares."""
+    n = max(1, len(trajs))
+    tool_steps = [s for t in trajs for s in t.steps if not s.is_final]
+    out = {
+        f"{prefix}pass_rate": pass_rate([t.is_solved for t in trajs]) if trajs else 0.0,
+        f"{prefix}reward": sum(sum(t.step_rewards) for t in trajs) / n,
+        f"{prefix}steps": sum(t.num_steps for t in trajs) / n,
+        f"{prefix}tool_success": sum(s.succ_calling for s in tool_steps) / max(1, len(tool_steps)),
+        f"{prefix}response_tokens": sum(len(t.response_ids) for t in trajs) / n,
+        f"{prefix}truncated": sum(t.truncated for t in trajs) / n,
+        f"{prefix}truncated_count": float(sum(t.truncated for t in trajs)),
+        f"{prefix}episodes": float(len(trajs)),
+    }
+    for reason, count in end_reason_counts([t.end_reason for t in trajs]).items():
+        out[f"{prefix}end/{reason}"] = count / n
+    return out
+
+
+# the curves drawn into curves.png
+CURVE_KEYS = ("train/reward", "train/pass_rate", "eval/pass_rate")
 
 
 @dataclass(frozen=True)

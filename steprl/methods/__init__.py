@@ -1,10 +1,13 @@
-"""Training methods (registry): what one iteration of a recipe does.
+"""Training methods (registry): what one iteration of a recipe does differently.
 
 The loop around it is shared (``steprl.main.train``): start the actor, optional SFT cold start, start
-the rollout / reward / reference / critic workers, evaluate, then ``method.iteration(ctl, it)`` for
-``trainer.total_iterations`` with logging, progress and checkpoints, then evaluate again. A method is
-the few functions that make it different, not a copy of the trainer. Register yours with
-``@register_method("name")`` and select it with ``trainer.method=name``.
+the rollout / reward / reference / critic workers, evaluate, then ``method.iteration(ctx, it)`` for
+``trainer.total_iterations`` with logging, progress and checkpoints, then evaluate again. An iteration
+is the shared step of ``steprl.step`` (collect -> prepare -> update -> finish); a method overrides only
+the stage that makes it different (:meth:`Method.collect`, :meth:`Method.prepare`,
+:meth:`Method.advantages`, :meth:`Method.update`), as a short function, and sees the trainer only
+through :class:`steprl.context.MethodContext`. Register yours with ``@register_method("name")`` and
+select it with ``trainer.method=name``.
 """
 
 from __future__ import annotations
@@ -12,19 +15,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from steprl import step
+from steprl.step import Prepared, Rollout
+
 if TYPE_CHECKING:
+    import torch
+
+    from steprl.algorithms.advantages import AdvantageOutput
     from steprl.config import StepRLConfig
-    from steprl.controller import Controller
+    from steprl.context import MethodContext
 
 
 class Method:
-    """One training method. Subclasses override :meth:`iteration` (and :meth:`setup` if needed)."""
+    """One training method: by default the PPO family's step (the estimator from ``algorithm.estimator``).
+    Subclasses override the stages that differ (and :meth:`setup` if needed)."""
 
     name = "base"
     needs_ref = False  # start the reference worker even when algorithm.kl_coef == 0 (e.g. DPO)
     # data.format values this method accepts ("steptool_sft_json" feeds the shared SFT cold start)
     data_formats: tuple[str, ...] = ("suite", "steptool_sft_json")
-    # trainer.async_rollout: the method gets its rollouts from Controller.rollout_batch (one step off)
+    # trainer.async_rollout: the method's collect is the default one (ctx.rollout_batch, one step off)
     supports_async = False
 
     def actor_class(self) -> type | None:
@@ -47,11 +57,34 @@ class Method:
         """The method's own one-line config problem, or None (override this, not ``check_config``)."""
         return None
 
-    def setup(self, ctl: Controller) -> None:
+    def setup(self, ctx: MethodContext) -> None:
         """Called once after the shared workers started (e.g. build extra workers or datasets)."""
 
-    def iteration(self, ctl: Controller, it: int) -> dict[str, float]:
-        raise NotImplementedError(f"method {self.name!r} does not define an iteration")
+    # ---- the stages (steprl.step runs them; finish is shared and not overridden)
+    def collect(self, ctx: MethodContext, it: int) -> Rollout:
+        """Scored episodes of ``trainer.tasks_per_iteration`` tasks x ``rollout.group_size``."""
+        return ctx.rollout_batch(it)
+
+    def prepare(self, ctx: MethodContext, rollout: Rollout) -> Prepared:
+        """Reward normalization, log-probs, values, :meth:`advantages` (whitened once)."""
+        return step.prepare(ctx, rollout, self)
+
+    def advantages(
+        self,
+        ctx: MethodContext,
+        prep: Prepared,
+        values: torch.Tensor | None,
+        extra: torch.Tensor | None,
+    ) -> AdvantageOutput:
+        """Raw (unwhitened) advantages of ``prep.batch``; ``extra``: KL token rewards or None."""
+        return step.estimator_advantages(ctx, prep, values, extra)
+
+    def update(self, ctx: MethodContext, prep: Prepared) -> dict[str, float] | None:
+        """Train on the prepared batch; None when nothing was trained (no sync, no KL step)."""
+        return step.ppo_update(ctx, prep)
+
+    def iteration(self, ctx: MethodContext, it: int) -> dict[str, float]:
+        return step.iteration(ctx, self, it)
 
 
 METHODS: dict[str, type[Method]] = {}

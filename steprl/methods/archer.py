@@ -5,20 +5,21 @@ replay buffer of trajectories; ``archer.critic_updates`` TD steps train the crit
 target networks, ``workers.archer``) on buffer samples, the V targets using actions the *current*
 policy samples at the replayed states; after ``archer.actor_warmup`` iterations the policy is trained
 on the fresh rollouts with ``A_k = min(Q1, Q2)(s_k, a_k) - V(s_k)`` on step k's action tokens
-(``algorithm.ppo_epochs=1, num_mini_batches=1`` is REINFORCE; more is PPO). Formulas:
+(``algorithm.ppo_epochs=1, num_mini_batches=1`` is REINFORCE; more is PPO). Only the prepare stage
+(critic TD steps, then the critic's advantages) differs from the shared step. Formulas:
 ``steprl.algorithms.archer``.
 """
 
 from __future__ import annotations
 
 import random
-import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import ray
 import torch
 
+from steprl import step
+from steprl.algorithms.advantages import AdvantageOutput
 from steprl.algorithms.archer import (
     double_q_min,
     gather_steps,
@@ -26,14 +27,16 @@ from steprl.algorithms.archer import (
     td_q_targets,
     utterance_advantages,
 )
-from steprl.algorithms.losses import masked_mean, masked_whiten
+from steprl.algorithms.losses import masked_mean
 from steprl.algorithms.placement import action_step_index, broadcast_step_values
+from steprl.fault import merge_by_id
 from steprl.methods import Method, register_method
 from steprl.protocol import Trajectory, collate
+from steprl.step import Prepared, Rollout
 
 if TYPE_CHECKING:
     from steprl.config import StepRLConfig
-    from steprl.controller import Controller
+    from steprl.context import MethodContext
 
 
 class ReplayBuffer:
@@ -82,40 +85,31 @@ class ArCHer(Method):
             return "ArCHer trains its critic on the raw step rewards: set reward.normalize=none"
         return None
 
-    def setup(self, ctl: Controller) -> None:
+    def setup(self, ctx: MethodContext) -> None:
         from workers.archer import ArcherCriticWorker
         from workers.group import WorkerGroup
 
-        c = ctl.cfg
+        c = ctx.cfg
         self.critic = WorkerGroup(
             ArcherCriticWorker, c.critic.world_size, c.critic.num_cpus, c.critic.num_gpus, "archer_critic",
-            model_path=ctl.policy_path, model_cfg=c.model, worker_cfg=c.critic, optim_cfg=c.optim,
+            model_path=ctx.policy_path, model_cfg=c.model, worker_cfg=c.critic, optim_cfg=c.optim,
             algo_cfg=c.algorithm, seed=c.trainer.seed, tau=c.archer.tau, critic_path=c.archer.critic_path,
         )  # fmt: skip
-        ctl.extra_groups["archer_critic"] = self.critic
+        ctx.add_group("archer_critic", self.critic)
         self.buffer = ReplayBuffer(c.archer.buffer_size, c.trainer.seed)
 
     # ---- critic --------------------------------------------------------------------------------
-    def policy_actions(self, ctl: Controller, prompts: list[list[int]], seed: int) -> list[list[int]]:
+    def policy_actions(self, ctx: MethodContext, prompts: list[list[int]], seed: int) -> list[list[int]]:
         """a' ~ pi(. | s) for every state, from the rollout engines (which hold the current policy)."""
-        n = len(ctl.rollout_workers)
-        c = ctl.cfg.rollout
-        parts = ray.get(
-            [
-                w.run.remote(sample_turns, prompts[i::n], c.max_tokens_per_turn, c.temperature, seed + i)
-                for i, w in enumerate(ctl.rollout_workers)
-                if prompts[i::n]
-            ]
-        )
-        out: list[list[int]] = [[] for _ in prompts]
-        for i, part in enumerate(parts):
-            out[i::n] = part
-        return out
+        c = ctx.cfg.rollout
+        chunks, parts = ctx.fan_out(sample_turns, prompts, c.max_tokens_per_turn, c.temperature, seed=seed)
+        by_id = merge_by_id(chunks, parts)
+        return [by_id[i] for i in range(len(prompts))]
 
-    def critic_step(self, ctl: Controller, trajs: list[Trajectory], seed: int) -> dict[str, float]:
+    def critic_step(self, ctx: MethodContext, trajs: list[Trajectory], seed: int) -> dict[str, float]:
         """One TD update on a sample of the buffer."""
-        c = ctl.cfg.archer
-        batch = collate(trajs, ctl.pad_id)
+        c = ctx.cfg.archer
+        batch = collate(trajs, ctx.pad_id)
         pos = step_positions(batch)
         data = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         target = self.critic.gather_rows("compute_target_heads", data)
@@ -126,8 +120,8 @@ class ArCHer(Method):
             batch.input_ids[b, : int(pos["state"][b, k]) + 1].tolist()
             for b, k in zip(b_idx.tolist(), k_idx.tolist(), strict=True)
         ]
-        actions = self.policy_actions(ctl, states, seed)
-        pi = _pad([s + a for s, a in zip(states, actions, strict=True)], ctl.pad_id)
+        actions = self.policy_actions(ctx, states, seed)
+        pi = _pad([s + a for s, a in zip(states, actions, strict=True)], ctx.pad_id)
         pi_heads = self.critic.gather_rows("compute_target_heads", pi)
         last = torch.tensor([len(s) + len(a) - 1 for s, a in zip(states, actions, strict=True)])
         rows = torch.arange(len(states))
@@ -142,59 +136,37 @@ class ArCHer(Method):
         metrics["archer/v_target_mean"] = float(masked_mean(v_target, batch.step_mask))
         return metrics
 
+    def prepare(self, ctx: MethodContext, rollout: Rollout) -> Prepared:
+        """TD steps of the critic on the replay buffer, then (after the warm-up) the shared prepare with
+        the critic's advantages."""
+        c, it = ctx.cfg, rollout.iteration
+        self.buffer.add(rollout.trajectories)
+        critic: dict[str, list[float]] = {}
+        with ctx.timer("critic"):
+            for u in range(c.archer.critic_updates):
+                sample = self.buffer.sample(c.archer.batch_size)
+                for k, v in self.critic_step(ctx, sample, ctx.rollout_seed(it) + 31 * (u + 1)).items():
+                    critic.setdefault(k, []).append(v)
+        metrics = {k: sum(v) / len(v) for k, v in critic.items()}
+        metrics["archer/buffer_trajectories"] = float(len(self.buffer))
+        metrics["archer/actor_updated"] = float(it > c.archer.actor_warmup)
+        prep = step.prepare(ctx, rollout, self) if it > c.archer.actor_warmup else Prepared()
+        prep.metrics.update(metrics)
+        return prep
+
     # ---- actor ---------------------------------------------------------------------------------
-    def step_advantages(self, ctl: Controller, batch: Any, data: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[B, T]: ``min(Q1, Q2)(s_k, a_k) - V(s_k)`` of the online critic on step k's action tokens."""
-        heads = self.critic.gather_rows("compute_heads", data)
+    def advantages(
+        self, ctx: MethodContext, prep: Prepared, values: torch.Tensor | None, extra: torch.Tensor | None
+    ) -> AdvantageOutput:
+        """``min(Q1, Q2)(s_k, a_k) - V(s_k)`` of the online critic on step k's action tokens."""
+        batch = prep.batch
+        heads = self.critic.gather_rows("compute_heads", prep.data)
         pos = step_positions(batch)
         q1 = gather_steps(heads[..., 0], pos["action"])
         q2 = gather_steps(heads[..., 1], pos["action"])
         v = gather_steps(heads[..., 2], pos["state"])
-        adv = utterance_advantages(q1, q2, v, batch.step_mask)
-        return broadcast_step_values(adv, action_step_index(batch))
-
-    def iteration(self, ctl: Controller, it: int) -> dict[str, float]:
-        from steprl.controller import episode_metrics, tensors_of
-
-        c = ctl.cfg
-        times: dict[str, float] = {}
-        t0 = time.time()
-        seed = ctl.rollout_seed(it)
-        trajs, rstats = ctl.generate(ctl.next_tasks(), c.rollout.group_size, c.rollout.temperature, seed)
-        times["time/rollout"] = time.time() - t0
-        self.buffer.add(trajs)
-        t1 = time.time()
-        critic: dict[str, list[float]] = {}
-        for u in range(c.archer.critic_updates):
-            sample = self.buffer.sample(c.archer.batch_size)
-            for k, v in self.critic_step(ctl, sample, seed + 31 * (u + 1)).items():
-                critic.setdefault(k, []).append(v)
-        metrics = {k: sum(v) / len(v) for k, v in critic.items()}
-        times["time/critic"] = time.time() - t1
-        if it > c.archer.actor_warmup:
-            t2 = time.time()
-            batch = collate(trajs, ctl.pad_id)
-            data = tensors_of(batch)
-            kl_metrics, _ = ctl.logprobs(batch, data)
-            metrics.update(kl_metrics)
-            adv = self.step_advantages(ctl, batch, data)
-            metrics["advantage_abs_mean"] = float(masked_mean(adv.abs(), batch.action_mask))
-            data["advantages"] = (
-                masked_whiten(adv, batch.action_mask) if c.algorithm.whiten_advantages else adv
-            )
-            metrics.update(ctl.actor.mean_metrics("update_policy", data, kl_coef=ctl.kl_ctl.value))
-            if "kl" in metrics:
-                ctl.kl_ctl.update(metrics["kl"], batch.size)
-            times["time/update"] = time.time() - t2
-            times["time/sync"] = ctl.sync_weights()
-        times["time/iteration"] = time.time() - t0
-        return {
-            **episode_metrics(trajs, prefix="train/"),
-            **metrics,
-            **times,
-            "kl_coef": ctl.kl_ctl.value,
-            "archer/buffer_trajectories": float(len(self.buffer)),
-            "archer/actor_updated": float(it > c.archer.actor_warmup),
-            "rollout/tokens_per_second": rstats["rollout/generated_tokens"]
-            / max(rstats["rollout/seconds"], 1e-9),
-        }
+        adv = broadcast_step_values(
+            utterance_advantages(q1, q2, v, batch.step_mask), action_step_index(batch)
+        )
+        no_targets = torch.zeros_like(batch.action_mask)  # the token-level critic is not used
+        return AdvantageOutput(adv, torch.zeros_like(adv), no_targets)

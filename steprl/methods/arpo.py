@@ -7,19 +7,21 @@ into up to ``beam_size - 1`` copies that share its prefix token for token and re
 until the group holds ``rollout.group_size`` (M) trajectories; fresh episodes fill what branching
 left short. Rewards (-1 on a format violation, else answer F1 + tool bonus) feed the registered GRPO
 estimator; "hard" attribution then gives shared-prefix tokens the mean advantage of their sharers.
-The update, KL handling and weight sync are the controller's. Formulas: ``steprl.algorithms.arpo``.
+ARPO's reward is written as the episode's reward (its last step; ``algorithm.outcome=sum``), so
+reward normalization, saved rollouts and the metrics see what is trained on. Only the collect stage and
+the advantages differ from the shared step. Formulas: ``steprl.algorithms.arpo``.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-import ray
 import torch
 
+from steprl.algorithms.advantages import AdvantageOutput
 from steprl.algorithms.arpo import (
     answer_f1,
     arpo_reward,
@@ -30,13 +32,15 @@ from steprl.algorithms.arpo import (
     window_entropy,
 )
 from steprl.episode import LiveEpisode, advance_episodes, close_episode, fork_episode, open_episode, turn_seed
+from steprl.fault import merge_by_id
 from steprl.methods import Method, register_method
-from steprl.protocol import Trajectory, collate
+from steprl.protocol import Trajectory
+from steprl.step import Prepared, Rollout
 from tools_env.suite import Task
 
 if TYPE_CHECKING:
     from steprl.config import StepRLConfig
-    from steprl.controller import Controller
+    from steprl.context import MethodContext
 
 CRITIC_FREE = ("grpo", "rloo")
 
@@ -56,7 +60,8 @@ class TreeSpec:
 def tree_rollout(
     worker: Any, tasks: list[dict[str, Any]], spec: dict[str, Any], temperature: float, seed: int
 ) -> tuple[list[Trajectory], dict[str, float]]:
-    """Grow one ARPO group per task inside a RolloutWorker (called through ``RolloutWorker.run``).
+    """Grow one ARPO group per task inside a RolloutWorker (called through ``RolloutWorker.run``);
+    returns the trajectories, task by task, and the tree statistics.
 
     Every trajectory carries ``meta["arpo_cuts"]``: ``[start, segment]`` pairs in response
     coordinates (segments are local to this call; rows sharing a prefix share its segments).
@@ -158,94 +163,81 @@ def episode_reward(traj: Trajectory, task: Task, cfg: Any) -> dict[str, float]:
     return {"reward": reward, "f1": f1, "format_ok": float(format_ok), "tools": float(tools)}
 
 
+def set_episode_reward(traj: Trajectory, reward: float) -> None:
+    """ARPO's reward is the episode's: on its last step, 0 on the others (``algorithm.outcome=sum``)."""
+    for step in traj.steps:
+        step.reward = 0.0
+    traj.steps[-1].reward = reward
+
+
 @register_method("arpo")
 class ARPO(Method):
     def check(self, cfg: StepRLConfig) -> str | None:
         if cfg.algorithm.estimator not in CRITIC_FREE:
             return f"ARPO is critic-free: algorithm.estimator must be one of {CRITIC_FREE}"
+        if cfg.algorithm.outcome != "sum":
+            return "ARPO's reward is each episode's step-reward sum: set algorithm.outcome=sum"
         if cfg.arpo.initial_rollouts > cfg.rollout.group_size:
             return "arpo.initial_rollouts (N) must be <= rollout.group_size (M)"
         return None
 
-    def generate(self, ctl: Controller, tasks: list[Task], seed: int) -> tuple[list[Trajectory], dict]:
-        """Tree rollouts spread over the rollout workers by task (a group never straddles workers)."""
-        c = ctl.cfg
+    def collect(self, ctx: MethodContext, it: int) -> Rollout:
+        """Tree rollouts, a group per task (a group never straddles workers), scored, ARPO's reward."""
+        c = ctx.cfg
+        tasks = ctx.next_tasks()
         spec = asdict(
             TreeSpec(
                 c.rollout.group_size, c.arpo.initial_rollouts, c.arpo.alpha, c.arpo.beta,
                 c.arpo.beam_size, c.arpo.entropy_window,
             )
         )  # fmt: skip
-        n = len(ctl.rollout_workers)
-        chunks = [tasks[i::n] for i in range(n)]
-        futures = [
-            w.run.remote(
-                tree_rollout, [t.to_dict() for t in chunk], spec, c.rollout.temperature, seed + 1000 * i
-            )
-            for i, (w, chunk) in enumerate(zip(ctl.rollout_workers, chunks, strict=True))
-            if chunk
-        ]
-        trajs: list[Trajectory] = []
-        stats: dict[str, float] = {}
-        for w, (part, st) in enumerate(ray.get(futures)):
-            for t in part:  # segments are local to a worker's call: make them global
-                t.meta["arpo_cuts"] = [[start, seg * n + w] for start, seg in t.meta["arpo_cuts"]]
-            trajs.extend(part)
-            for k, v in st.items():
-                stats[k] = max(stats.get(k, 0.0), v) if k == "rollout/seconds" else stats.get(k, 0.0) + v
-        by_id = {t.task_id: t for t in tasks}
-        return ctl.score(trajs, [by_id[t.task_id] for t in trajs]), stats
-
-    def iteration(self, ctl: Controller, it: int) -> dict[str, float]:
-        from steprl.controller import episode_metrics, tensors_of
-
-        c = ctl.cfg
-        times: dict[str, float] = {}
         t0 = time.time()
-        tasks = ctl.next_tasks()
-        trajs, rstats = self.generate(ctl, tasks, seed=ctl.rollout_seed(it))
-        times["time/rollout"] = time.time() - t0
+        chunks, results = ctx.fan_out(
+            tree_rollout, [t.to_dict() for t in tasks], spec, c.rollout.temperature, seed=ctx.rollout_seed(it)
+        )
+        for w, (part, _) in enumerate(results):  # segments are local to a chunk: make them global
+            for t in part:
+                t.meta["arpo_cuts"] = [[start, seg * len(chunks) + w] for start, seg in t.meta["arpo_cuts"]]
+        groups = [  # each task of a chunk gets its tree, exactly once
+            [[t for t in part if t.task_id == tasks[i].task_id] for i in chunk]
+            for chunk, (part, _) in zip(chunks, results, strict=True)
+        ]
+        by_task = merge_by_id(chunks, groups)
+        trajs = [t for i in range(len(tasks)) for t in by_task[i]]
+        stats = {k: sum(st[k] for _, st in results) for k in results[0][1] if k != "rollout/seconds"}
+        seconds = time.time() - t0
+        with ctx.timer("reward"):
+            trajs = ctx.score(trajs, [tasks[i] for i in range(len(tasks)) for _ in by_task[i]])
         by_id = {t.task_id: t for t in tasks}
         parts = [episode_reward(t, by_id[t.task_id], c.arpo) for t in trajs]
-        batch = collate(trajs, ctl.pad_id)
-        # the estimators' outcome slot carries the ARPO reward: GRPO over the tree's groups
-        outcome = replace(batch, is_solved=torch.tensor([p["reward"] for p in parts]))
-        data = tensors_of(batch)
-        t1 = time.time()
-        metrics = ctl.advantages(outcome, data)
-        segments = segment_ids_from_cuts(
-            [t.meta["arpo_cuts"] for t in trajs], batch.prompt_lengths.tolist(), batch.input_ids.shape[1]
-        )
-        data["advantages"] = attribute_advantages(
-            data["advantages"], segments, batch.action_mask, c.arpo.attribution
-        )
-        times["time/advantage"] = time.time() - t1
-        t2 = time.time()
-        metrics.update(ctl.actor.mean_metrics("update_policy", data, kl_coef=ctl.kl_ctl.value))
-        times["time/update"] = time.time() - t2
-        if "kl" in metrics:
-            ctl.kl_ctl.update(metrics["kl"], batch.size)
-        times["time/sync"] = ctl.sync_weights()
-        times["time/iteration"] = time.time() - t0
-        points = max(rstats["arpo/branch_points"], 1)
-        n = max(len(trajs), 1)
-        return {
-            **episode_metrics(trajs, prefix="train/"),
-            **metrics,
-            **times,
-            "kl_coef": ctl.kl_ctl.value,
-            "rollout/tokens_per_second": rstats["rollout/generated_tokens"]
-            / max(rstats["rollout/seconds"], 1e-9),
+        for t, p in zip(trajs, parts, strict=True):
+            set_episode_reward(t, p["reward"])
+        n, points = max(len(trajs), 1), max(stats["arpo/branch_points"], 1)
+        metrics = {
             "arpo/reward": sum(p["reward"] for p in parts) / n,
             "arpo/f1": sum(p["f1"] for p in parts) / n,
             "arpo/format_ok": sum(p["format_ok"] for p in parts) / n,
-            "arpo/branches_per_task": rstats["arpo/branches"] / len(tasks),
-            "arpo/fills_per_task": rstats["arpo/fills"] / len(tasks),
-            "arpo/branch_prob": rstats["arpo/p_sum"] / points,
-            "arpo/entropy_delta": rstats["arpo/dh_sum"] / points,
-            "arpo/shared_token_share": shared_share(segments, batch.action_mask),
+            "arpo/branches_per_task": stats["arpo/branches"] / len(tasks),
+            "arpo/fills_per_task": stats["arpo/fills"] / len(tasks),
+            "arpo/branch_prob": stats["arpo/p_sum"] / points,
+            "arpo/entropy_delta": stats["arpo/dh_sum"] / points,
             "arpo/replay_mismatch": sum(bool(t.meta.get("replay_mismatch")) for t in trajs) / n,
         }
+        # generation seconds: the slowest chunk (chunks run in parallel), as ctx.generate counts them
+        gen_seconds = max((st["rollout/seconds"] for _, st in results), default=seconds)
+        return Rollout(trajs, int(stats["rollout/generated_tokens"]), gen_seconds, metrics)
+
+    def advantages(
+        self, ctx: MethodContext, prep: Prepared, values: torch.Tensor | None, extra: torch.Tensor | None
+    ) -> AdvantageOutput:
+        """GRPO over each tree's group, then soft / hard attribution over the shared prefixes."""
+        out = super().advantages(ctx, prep, values, extra)
+        batch = prep.batch
+        cuts = [t.meta["arpo_cuts"] for t in prep.trajectories]
+        segments = segment_ids_from_cuts(cuts, batch.prompt_lengths.tolist(), batch.input_ids.shape[1])
+        prep.metrics["arpo/shared_token_share"] = shared_share(segments, batch.action_mask)
+        adv = attribute_advantages(out.advantages, segments, batch.action_mask, ctx.cfg.arpo.attribution)
+        return AdvantageOutput(adv, out.returns, out.value_mask)
 
 
 def shared_share(segments: torch.Tensor, mask: torch.Tensor) -> float:

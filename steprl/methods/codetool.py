@@ -19,8 +19,6 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import ray
-
 from steprl.algorithms.codetool import (
     node_potentials,
     on_the_spot_reward,
@@ -36,13 +34,15 @@ from steprl.episode import (
     open_episode,
     turn_seed,
 )
+from steprl.evaluation.metrics import episode_metrics
+from steprl.fault import merge_by_id
 from steprl.methods import Method, register_method
 from steprl.protocol import Trajectory
 from tools_env.suite import Task
 
 if TYPE_CHECKING:
     from steprl.config import StepRLConfig
-    from steprl.controller import Controller
+    from steprl.context import MethodContext
 
 
 def _advance_all(worker: Any, live: list[LiveEpisode], temperature: float, seed: int | None) -> set[int]:
@@ -224,29 +224,21 @@ class CodeTool(Method):
 
     # ---- PRM data and training -----------------------------------------------------------------
     def prm_examples(
-        self, ctl: Controller, seed: int
+        self, ctx: MethodContext, seed: int
     ) -> tuple[list[tuple[list[int], bool]], dict[str, float]]:
         """Sibling-pair PRM examples from exploration trees on training tasks (ties give none)."""
         from steprl.prm import examples_from_sibling_pairs
 
-        c, ct = ctl.cfg, ctl.cfg.codetool
-        tasks = ctl.suite.tasks("train", ct.tree_tasks, c.data.seed + 7)
-        n = len(ctl.rollout_workers)
-        chunks = [tasks[i::n] for i in range(n)]
-        results = ray.get(
-            [
-                w.run.remote(
-                    explore_trees, [t.to_dict() for t in chunk], ct.tree_depth, ct.tree_width, ct.completions,
-                    c.rollout.temperature, seed + 1000 * i,
-                )
-                for i, (w, chunk) in enumerate(zip(ctl.rollout_workers, chunks, strict=True))
-                if chunk
-            ]
+        c, ct = ctx.cfg, ctx.cfg.codetool
+        tasks = ctx.suite.tasks("train", ct.tree_tasks, c.data.seed + 7)
+        chunks, results = ctx.fan_out(
+            explore_trees, [t.to_dict() for t in tasks], ct.tree_depth, ct.tree_width, ct.completions,
+            c.rollout.temperature, seed=seed,
         )  # fmt: skip
         pairs, num_nodes, solved, rollouts = [], 0, 0.0, 0
-        for chunk, res in zip([ch for ch in chunks if ch], results, strict=True):
+        for chunk, res in zip(chunks, results, strict=True):
             nodes, trajs = res["nodes"], res["trajectories"]
-            scored = ctl.score(trajs, [chunk[nodes[o]["task"]] for o in res["owner"]])
+            scored = ctx.score(trajs, [tasks[chunk[nodes[o]["task"]]] for o in res["owner"]])
             values = [rollout_outcome(t.is_solved, t.step_rewards, ct.outcome) for t in scored]
             pairs += tree_sibling_pairs(nodes, res["owner"], values, ct.potential)
             num_nodes += len(nodes)
@@ -261,10 +253,10 @@ class CodeTool(Method):
             "codetool/prm_examples": float(len(examples)),
         }
 
-    def train_prm(self, ctl: Controller, examples: list[tuple[list[int], bool]]) -> str:
+    def train_prm(self, ctx: MethodContext, examples: list[tuple[list[int], bool]]) -> str:
         from steprl.prm import train_prm
 
-        ct = ctl.cfg.codetool
+        ct = ctx.cfg.codetool
         if not examples:
             raise RuntimeError(
                 "CodeTool: no sibling steps with different potentials in the exploration trees (every "
@@ -272,68 +264,55 @@ class CodeTool(Method):
                 "use codetool.potential=soft, or start from a stronger policy"
             )
         return train_prm(
-            ctl.policy_path, examples, str(ctl.run_dir / "prm"), ct.prm_epochs, ct.prm_lr, ct.prm_batch_size,
-            seed=ctl.cfg.trainer.seed,
+            ctx.policy_path, examples, str(ctx.run_dir / "prm"), ct.prm_epochs, ct.prm_lr, ct.prm_batch_size,
+            seed=ctx.cfg.trainer.seed,
         )  # fmt: skip
 
-    def setup(self, ctl: Controller) -> None:
-        ct = ctl.cfg.codetool
+    def setup(self, ctx: MethodContext) -> None:
+        ct = ctx.cfg.codetool
         t0 = time.time()
         stats: dict[str, float] = {}
         if ct.prm_path:
             self.prm_path = ct.prm_path
         else:
-            examples, stats = self.prm_examples(ctl, seed=ctl.cfg.trainer.seed * 7919 + 1)
-            ctl.progress.stage(
+            examples, stats = self.prm_examples(ctx, seed=ctx.cfg.trainer.seed * 7919 + 1)
+            ctx.progress.stage(
                 f"CodeTool: {int(stats['codetool/sibling_pairs'])} sibling pairs from "
                 f"{int(stats['codetool/tree_nodes'])} tree nodes; training the PRM"
             )
-            self.prm_path = self.train_prm(ctl, examples)
+            self.prm_path = self.train_prm(ctx, examples)
         stats["codetool/prm_setup_seconds"] = time.time() - t0
         # the reward path: SuccCalling (code ran) is on-the-spot, Contribution comes from the PRM
-        ctl.set_reward_config(replace(ctl.cfg.reward, contribution_source="prm", prm_path=self.prm_path))
+        ctx.set_reward_config(replace(ctx.cfg.reward, contribution_source="prm", prm_path=self.prm_path))
         if ct.eval_search:
-            stats.update(self.search_eval(ctl, "start"))
-        ctl.logger.log(0, stats)
+            stats.update(self.search_eval(ctx, "start"))
+        ctx.logger.log(0, stats)
 
     # ---- training and inference ----------------------------------------------------------------
-    def iteration(self, ctl: Controller, it: int) -> dict[str, float]:
-        metrics = ctl.iteration(it)  # rollout -> SuccCalling + PRM Contribution -> step GAE -> update -> sync
-        if ctl.cfg.codetool.eval_search and it == ctl.cfg.trainer.total_iterations:
-            metrics.update(self.search_eval(ctl, "final"))
+    def iteration(self, ctx: MethodContext, it: int) -> dict[str, float]:
+        metrics = super().iteration(ctx, it)  # the shared step: SuccCalling + PRM Contribution, step GAE
+        if ctx.cfg.codetool.eval_search and it == ctx.cfg.trainer.total_iterations:
+            metrics.update(self.search_eval(ctx, "final"))
         return metrics
 
     def search(
-        self, ctl: Controller, tasks: list[Task], seed: int
+        self, ctx: MethodContext, tasks: list[Task], seed: int
     ) -> tuple[list[Trajectory], dict[str, float]]:
         """Best-of-n step search (on-the-spot + latent) on ``tasks``, scored by the reward workers."""
-        c, ct = ctl.cfg, ctl.cfg.codetool
-        n = len(ctl.rollout_workers)
-        chunks = [tasks[i::n] for i in range(n)]
-        results = ray.get(
-            [
-                w.run.remote(
-                    search_rollout, [t.to_dict() for t in chunk], ct.search_candidates, ct.search_depth,
-                    self.prm_path, c.rollout.temperature, seed + 1000 * i,
-                )
-                for i, (w, chunk) in enumerate(zip(ctl.rollout_workers, chunks, strict=True))
-                if chunk
-            ]
+        c, ct = ctx.cfg, ctx.cfg.codetool
+        chunks, results = ctx.fan_out(
+            search_rollout, [t.to_dict() for t in tasks], ct.search_candidates, ct.search_depth,
+            self.prm_path, c.rollout.temperature, seed=seed,
         )  # fmt: skip
-        trajs, task_list, stats = [], [], {"candidates": 0.0, "switched": 0.0}
-        for chunk, (part, st) in zip([ch for ch in chunks if ch], results, strict=True):
-            trajs.extend(part)
-            task_list.extend(chunk)
-            for k in stats:
-                stats[k] += st[k]
-        return ctl.score(trajs, task_list), stats
+        by_id = merge_by_id(chunks, [part for part, _ in results])
+        stats = {k: sum(st[k] for _, st in results) for k in ("candidates", "switched")}
+        trajs = [by_id[i] for i in range(len(tasks))]
+        return ctx.score(trajs, tasks), stats
 
-    def search_eval(self, ctl: Controller, tag: str) -> dict[str, float]:
-        from steprl.controller import episode_metrics
-
-        trajs, st = self.search(ctl, ctl.test_tasks, seed=ctl.cfg.trainer.seed + 17)
+    def search_eval(self, ctx: MethodContext, tag: str) -> dict[str, float]:
+        trajs, st = self.search(ctx, ctx.test_tasks, seed=ctx.cfg.trainer.seed + 17)
         out = episode_metrics(trajs, prefix=f"eval/search_{tag}/")
         out[f"eval/search_{tag}/switched_share"] = (
-            st["switched"] / max(st["candidates"], 1.0) * ctl.cfg.codetool.search_candidates
+            st["switched"] / max(st["candidates"], 1.0) * ctx.cfg.codetool.search_candidates
         )
         return out

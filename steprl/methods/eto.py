@@ -14,7 +14,6 @@ on. With ``data.format=steptool_eto_csv`` iteration 1 trains on the published pa
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -22,10 +21,11 @@ import torch
 from steprl.algorithms.preference import StepPair, build_step_pairs, truncate_pair
 from steprl.methods import Method, register_method
 from steprl.sft import encode_conversation
+from steprl.step import Prepared, Rollout
 
 if TYPE_CHECKING:
     from steprl.config import StepRLConfig
-    from steprl.controller import Controller
+    from steprl.context import MethodContext
 
 
 def file_pairs(path: str, on_error: str, tokenizer) -> list[StepPair]:
@@ -83,44 +83,33 @@ class ETO(Method):
             return "rollout.group_size must be >= 2 (pairs come from two samples of one task)"
         return None
 
-    def iteration(self, ctl: Controller, it: int) -> dict[str, float]:
-        from steprl.controller import episode_metrics
+    def collect(self, ctx: MethodContext, it: int) -> Rollout:
+        c = ctx.cfg
+        if it == 1 and c.data.format == "steptool_eto_csv":  # the published pairs, no rollouts
+            return Rollout(payload=file_pairs(c.data.path, c.data.on_error, ctx.tokenizer))
+        return ctx.rollout_batch(it)
 
-        c = ctl.cfg
-        t0 = time.time()
-        metrics: dict[str, float] = {}
-        if it == 1 and c.data.format == "steptool_eto_csv":
-            pairs = file_pairs(c.data.path, c.data.on_error, ctl.tokenizer)
-        else:
-            trajs, rstats = ctl.generate(
-                ctl.next_tasks(),
-                c.rollout.group_size,
-                c.rollout.temperature,
-                seed=ctl.rollout_seed(it),
-            )
-            pairs = build_step_pairs(trajs, c.eto.pair_by, c.algorithm.gamma)
-            metrics.update(episode_metrics(trajs, prefix="train/"))
-            metrics["rollout/tokens_per_second"] = rstats["rollout/generated_tokens"] / max(
-                rstats["rollout/seconds"], 1e-9
-            )
-            metrics["time/rollout"] = time.time() - t0
+    def prepare(self, ctx: MethodContext, rollout: Rollout) -> Prepared:
+        c = ctx.cfg
+        pairs = rollout.payload
+        if pairs is None:
+            pairs = build_step_pairs(rollout.trajectories, c.eto.pair_by, c.algorithm.gamma)
         fitted, dropped = fit_pairs(pairs, c.eto.max_length, c.eto.max_prompt_length)
-        metrics.update({"eto/pairs": float(len(fitted)), "eto/dropped_pairs": float(dropped)})
+        metrics = {"eto/pairs": float(len(fitted)), "eto/dropped_pairs": float(dropped)}
         if pairs:
             metrics["eto/mean_pair_step"] = sum(p.step for p in pairs) / len(pairs)
-        updates = [
-            self._update(ctl, fitted[i : i + c.eto.batch_size])
-            for i in range(0, len(fitted), c.eto.batch_size)
-        ]
-        for key in updates[0] if updates else []:
-            metrics[key] = sum(u[key] for u in updates) / len(updates)
-        if updates:
-            metrics["time/sync"] = ctl.sync_weights()
-        metrics["time/iteration"] = time.time() - t0
-        return metrics
+        return Prepared(metrics=metrics, payload=fitted)
+
+    def update(self, ctx: MethodContext, prep: Prepared) -> dict[str, float] | None:
+        """DPO steps over ``eto.batch_size`` chunks of the pairs; None without pairs (nothing changed)."""
+        fitted, n = prep.payload, ctx.cfg.eto.batch_size
+        updates = [self._update(ctx, fitted[i : i + n]) for i in range(0, len(fitted), n)]
+        if not updates:
+            return None
+        return {key: sum(u[key] for u in updates) / len(updates) for key in updates[0]}
 
     @staticmethod
-    def _update(ctl: Controller, pairs: list[tuple[list[int], list[int], list[int]]]) -> dict[str, float]:
+    def _update(ctx: MethodContext, pairs: list[tuple[list[int], list[int], list[int]]]) -> dict[str, float]:
         """Reference log-probs of both sides, then the actor's DPO step on this chunk of pairs."""
         from workers.preference import flatten_candidates, pack_groups
 
@@ -128,12 +117,12 @@ class ETO(Method):
             [(prompt + side, [0] * len(prompt) + [1] * len(side)) for side in (chosen, rejected)]
             for prompt, chosen, rejected in pairs
         ]
-        data = pack_groups(groups, ctl.pad_id)
+        data = pack_groups(groups, ctx.pad_id)
         flat = flatten_candidates(data)
-        ref_tokens = ctl.ref.gather_rows(
+        ref_tokens = ctx.ref.gather_rows(
             "compute_logprobs", {"input_ids": flat["input_ids"], "attention_mask": flat["attention_mask"]}
         )
         ref = (ref_tokens * flat["action_mask"]).sum(-1).view(len(pairs), 2)
         data["ref_logps"] = ref.to(torch.float32)
-        e = ctl.cfg.eto
-        return ctl.actor.mean_metrics("dpo_step", data, beta=e.beta, lr=e.lr)
+        e = ctx.cfg.eto
+        return ctx.actor.mean_metrics("dpo_step", data, beta=e.beta, lr=e.lr)

@@ -8,22 +8,22 @@ by executing its tool calls (the rule reward worker): ``score = IsSolved + w * m
     p_i = sum log pi(y_i) / |y_i|**length_penalty      (action tokens only)
     L   = alpha * sum_{score_i < score_j} max(0, p_i - p_j) + NLL(best candidate)
 
-and a weight sync.
+then the shared finish (weight sync, metrics).
 """
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import torch
 
 from steprl.algorithms.preference import candidate_scores
 from steprl.methods import Method, register_method
+from steprl.step import Prepared, Rollout
 
 if TYPE_CHECKING:
     from steprl.config import StepRLConfig
-    from steprl.controller import Controller
+    from steprl.context import MethodContext
 
 
 @register_method("trice")
@@ -38,20 +38,15 @@ class TRICE(Method):
             return "rollout.group_size must be >= 2 (k candidates per question are ranked)"
         return None
 
-    def iteration(self, ctl: Controller, it: int) -> dict[str, float]:
-        from steprl.controller import episode_metrics
+    def prepare(self, ctx: MethodContext, rollout: Rollout) -> Prepared:
+        """Each question's k candidates (consecutive: the collect is task-major) packed with their scores."""
         from workers.preference import pack_groups
 
-        c, k = ctl.cfg, ctl.cfg.rollout.group_size
-        t0 = time.time()
-        trajs, rstats = ctl.generate(
-            ctl.next_tasks(), k, c.rollout.temperature, seed=ctl.rollout_seed(it)
-        )  # task-major: candidates of one question are consecutive
-        t_rollout = time.time() - t0
+        trajs, k = rollout.trajectories, ctx.cfg.rollout.group_size
         scores = candidate_scores(
             [t.is_solved for t in trajs],
             [[s.reward for s in t.steps if not s.is_final] for t in trajs],
-            c.trice.tie_break_weight,
+            ctx.cfg.trice.tie_break_weight,
         )
         groups = [
             [
@@ -60,20 +55,13 @@ class TRICE(Method):
             ]
             for i in range(0, len(trajs), k)
         ]
-        data = pack_groups(groups, ctl.pad_id)
+        data = pack_groups(groups, ctx.pad_id)
         data["scores"] = torch.tensor(scores, dtype=torch.float32).view(len(groups), k)
-        t = c.trice
-        metrics = ctl.actor.mean_metrics(
-            "rank_step", data, alpha=t.alpha, lr=t.lr, length_penalty=t.length_penalty
-        )
         spread = data["scores"].max(-1).values - data["scores"].min(-1).values
-        return {
-            **episode_metrics(trajs, prefix="train/"),
-            **metrics,
-            "trice/groups_with_ranking": float((spread > 0).float().mean()),
-            "rollout/tokens_per_second": rstats["rollout/generated_tokens"]
-            / max(rstats["rollout/seconds"], 1e-9),
-            "time/rollout": t_rollout,
-            "time/sync": ctl.sync_weights(),
-            "time/iteration": time.time() - t0,
-        }
+        return Prepared(data=data, metrics={"trice/groups_with_ranking": float((spread > 0).float().mean())})
+
+    def update(self, ctx: MethodContext, prep: Prepared) -> dict[str, float] | None:
+        t = ctx.cfg.trice
+        return ctx.actor.mean_metrics(
+            "rank_step", prep.data, alpha=t.alpha, lr=t.lr, length_penalty=t.length_penalty
+        )
