@@ -156,8 +156,9 @@ class Controller:
         )
         self.reward_workers = self.reward_pool.workers  # the same list: replaced workers show up here
         budget = EpisodeBudget(
-            c.rollout.max_turns, c.rollout.max_response_tokens, c.rollout.max_tokens_per_turn
-        )
+            c.rollout.max_turns, c.rollout.max_response_tokens, c.rollout.max_tokens_per_turn,
+            max_prompt_tokens=c.rollout.max_model_len - c.rollout.max_response_tokens,
+        )  # fmt: skip
         engine_kwargs = {"dtype": c.model.dtype, "seed": c.trainer.seed}
         if c.rollout.engine == "vllm":
             engine_kwargs.update(
@@ -602,7 +603,7 @@ def tensors_of(batch: Batch) -> dict[str, torch.Tensor]:
 
 def episode_metrics(trajs: list[Trajectory], prefix: str) -> dict[str, float]:
     n = max(1, len(trajs))
-    tool_steps = [s for t in trajs for s in t.steps if not s.is_final]
+    tool_steps = [s for t in trajs for s in t.steps if not (s.is_final or s.is_reply)]
     out = {
         f"{prefix}pass_rate": sum(t.is_solved for t in trajs) / n,
         f"{prefix}reward": sum(sum(t.step_rewards) for t in trajs) / n,
@@ -614,6 +615,9 @@ def episode_metrics(trajs: list[Trajectory], prefix: str) -> dict[str, float]:
         f"{prefix}truncated_count": float(sum(t.truncated for t in trajs)),
         f"{prefix}episodes": float(len(trajs)),
     }
+    turns = [v for t in trajs for v in t.meta.get("turn_scores") or []]
+    if turns:  # conversations with a per-turn check: the share of answered user turns that passed
+        out[f"{prefix}turn_pass_rate"] = sum(v >= 1.0 for v in turns) / len(turns)
     for reason in sorted({t.end_reason for t in trajs}):
         out[f"{prefix}end/{reason}"] = sum(t.end_reason == reason for t in trajs) / n
     return out

@@ -151,8 +151,12 @@ class InlineSuite(Suite):
         out = []
         for i, item in items[:n]:
             fields = {"meta": {}, **item}
-            out.append(Task(fields.pop("task_id", f"{self.name}-{split}-{i}"), self.name, str(fields.pop("question")),
-                            str(fields.pop("answer")), dict(fields.pop("meta"), **fields)))  # fmt: skip
+            task_id = fields.pop("task_id", f"{self.name}-{split}-{i}")
+            question, answer = str(fields.pop("question")), str(fields.pop("answer"))
+            followups = [str(x) for x in fields.pop("followups", [])]
+            tools, excluded = fields.pop("tools", None), list(fields.pop("excluded_tools", []))
+            meta = dict(fields.pop("meta"), **fields)
+            out.append(Task(task_id, self.name, question, answer, meta, followups, tools, excluded))
         return out
 
     def initial_state(self, task: Task) -> dict[str, Any]:

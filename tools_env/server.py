@@ -7,6 +7,7 @@ Endpoints (all but /health need ``Authorization: Bearer <token>`` when a token i
     GET    /suites/{name}/tools     OpenAI function schemas of the suite's tools
     POST   /sessions                body: a Task dict -> {"session_id": ...}
     POST   /sessions/{id}/call      body: [{"name": ..., "arguments": {...}}] -> [CallOutcome dict, ...]
+    GET    /sessions/{id}/snapshot  -> {"state": Suite.snapshot of the state now} (after a user turn)
     DELETE /sessions/{id}           -> {"state": final session state}
 
 Tools are synchronous (the sandbox waits on a subprocess), so every call runs in a worker thread and the
@@ -113,6 +114,14 @@ def create_app(
         except SessionError as e:
             raise HTTPException(404, str(e.args[0])) from e
         return [_json_safe(o.to_dict()) for o in outcomes]
+
+    @app.get("/sessions/{session_id}/snapshot", dependencies=auth)
+    async def snapshot(session_id: str) -> dict[str, Any]:
+        try:
+            state = await run(env.snapshot, session_id)
+        except SessionError as e:
+            raise HTTPException(404, str(e.args[0])) from e
+        return {"state": _json_safe(state)}
 
     @app.delete("/sessions/{session_id}", dependencies=auth)
     async def close_session(session_id: str) -> dict[str, Any]:
