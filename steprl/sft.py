@@ -21,9 +21,16 @@ SFT_LOSS_ON = ("all", "last")
 def demonstration_trajectories(
     suite: Suite, tasks: list[Task], encoder: ChatEncoder, suboptimal_share: float, seed: int
 ) -> list[Trajectory]:
+    """Each task's demonstration, encoded with the task's own tools in its prompt (``Task.tools``);
+    a conversation's later user messages are observations (``ChatEncoder.encode_demonstration``)."""
+    from steprl.episode import task_encoder
+
     rng = random.Random(seed)
     return [
-        encoder.encode_demonstration(t.task_id, suite.demonstration(t, rng, suboptimal_share)) for t in tasks
+        task_encoder({t.suite: encoder}, t).encode_demonstration(
+            t.task_id, suite.demonstration(t, rng, suboptimal_share)
+        )
+        for t in tasks
     ]
 
 

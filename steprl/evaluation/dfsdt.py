@@ -35,7 +35,7 @@ from typing import Any
 
 from steprl.chat import ChatEncoder
 from steprl.engines.base import Generation, RolloutEngine
-from steprl.episode import EpisodeBudget, _advance, _Live
+from steprl.episode import EpisodeBudget, _advance, _Live, task_encoder
 from steprl.protocol import StepRecord, Trajectory
 from tools_env.parsers import GIVE_UP_ANSWER, ToolCall
 from tools_env.suite import Task
@@ -284,7 +284,7 @@ def run_dfsdt(
     seed: int | None = None,
 ) -> list[Trajectory]:
     """One DFSDT search per task (lockstep over tasks); each returns its chosen path as a Trajectory."""
-    searches = [_Search(t, env, encoders[t.suite], parse, budget, cfg) for t in tasks]
+    searches = [_Search(t, env, task_encoder(encoders, t), parse, budget, cfg) for t in tasks]
     gens = [s.run() for s in searches]
     results: list[Trajectory | None] = [None] * len(tasks)
     pending: dict[int, Request] = {}
