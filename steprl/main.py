@@ -110,6 +110,8 @@ def init_ray(cfg) -> None:
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     env = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "VLLM_CONFIGURE_LOGGING": "0"}
+    if os.environ.get("STEPRL_SUITES_YAML"):  # data.suites_yaml: the workers load the same suites
+        env["STEPRL_SUITES_YAML"] = os.environ["STEPRL_SUITES_YAML"]
     verbose = os.environ.get("STEPRL_VERBOSE") == "1"
     os.environ.update(env)
     if address:  # join the cluster (a `ray job submit` driver keeps its job's runtime env)
@@ -251,8 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, config_yaml = load_config(argv)
         model_path = resolve_model(cfg.model.path)
-        from tools_env.suite import get_suite
+        from tools_env.suite import get_suite, use_suites_yaml
 
+        if cfg.data.suites_yaml:
+            try:
+                use_suites_yaml(cfg.data.suites_yaml)
+            except Exception as e:
+                raise UserError(f"data.suites_yaml={cfg.data.suites_yaml}: {type(e).__name__}: {e}") from e
         try:
             get_suite(cfg.data.suite)
         except KeyError as e:

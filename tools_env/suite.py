@@ -179,12 +179,37 @@ def register_suite(name: str):
     return wrap
 
 
+SUITES_YAML_ENV = "STEPRL_SUITES_YAML"  # suite YAML files every process loads (os.pathsep-separated)
+
+
+def use_suites_yaml(path: str) -> list[str]:
+    """Load a suite YAML here and in every process started from here (Ray workers, a local tool
+    server): its absolute path joins ``$STEPRL_SUITES_YAML``. Returns the suite names it registered."""
+    import os
+    from pathlib import Path
+
+    from tools_env.plugins import load_suite_from_yaml
+
+    resolved = Path(path).expanduser().resolve()
+    if not resolved.is_file():
+        raise FileNotFoundError(f"no suite YAML file {resolved}")
+    names = load_suite_from_yaml(resolved)
+    known = [p for p in os.environ.get(SUITES_YAML_ENV, "").split(os.pathsep) if p]
+    if str(resolved) not in known:
+        os.environ[SUITES_YAML_ENV] = os.pathsep.join([*known, str(resolved)])
+    return names
+
+
 def get_suite(name: str) -> Suite:
+    import os
+
     import tools_env.suites  # noqa: F401  (registers the built-in suites)
 
     if name not in SUITES:
-        from tools_env.plugins import load_entry_points
+        from tools_env.plugins import load_entry_points, load_suite_from_yaml
 
+        for path in filter(None, os.environ.get(SUITES_YAML_ENV, "").split(os.pathsep)):
+            load_suite_from_yaml(path)
         load_entry_points()
     if name not in SUITES:
         raise KeyError(f"unknown task suite {name!r}; known: {sorted(SUITES)}")
