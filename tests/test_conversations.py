@@ -307,3 +307,86 @@ def test_turn_metrics_golden():
         {"turn": 3, "count": 2, "pass_rate": 0.5},
     ]
     assert turn_metrics([{"turn_scores": None}]) is None
+
+
+def _serve_app(app):
+    import socket
+    import time
+
+    import httpx
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    for _ in range(200):
+        try:
+            httpx.get(f"{url}/health", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    return url, server, thread, sock
+
+
+def test_openai_compatible_simulated_user_over_http(counter_encoder):
+    """A real HTTP endpoint plays the user: it sees the roles swapped and no tool traffic."""
+    from fastapi import FastAPI
+
+    from tools_env.simulated_user import OpenAIUser, SimulatedUserError
+
+    seen: list[dict] = []
+    app = FastAPI()
+
+    @app.get("/v1/health")
+    def health():
+        return {}
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict):
+        seen.append(body)
+        own = sum(m["role"] == "assistant" for m in body["messages"])  # its earlier user messages
+        text = "Add 1 more." if own < 3 else "DONE, thanks."
+        return {"choices": [{"message": {"role": "assistant", "content": text}}]}
+
+    @app.post("/broken/v1/chat/completions")
+    def broken():
+        from fastapi import HTTPException
+
+        raise HTTPException(400, "no such model")
+
+    url, server, thread, sock = _serve_app(app)
+    user = OpenAIUser(url, "sim", instructions="You want the counter at {meta[goal]}.", retries=0)
+
+    class SimCounter(CounterSuite):
+        def user_turn(self, task, turn, messages):
+            return user(task, messages)
+
+    try:
+        task = Task("llm-0", "convo_counter", "Add 1.", "3", {"goal": 3}, tools=["add"])
+        msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "Add 1."},
+                {"role": "assistant", "content": "<tool_call>..."}, {"role": "tool", "content": "1"},
+                {"role": "assistant", "content": "It is 1."}]  # fmt: skip
+        assert SimCounter().user_turn(task, 1, msgs) == "Add 1 more."
+        body = seen[-1]
+        assert body["messages"][0] == {"role": "system", "content": "You want the counter at 3."}
+        # roles swapped, system prompt and tool traffic left out
+        assert [m["role"] for m in body["messages"][1:]] == ["assistant", "user", "user"]
+        assert body["messages"][-1]["content"] == "It is 1."
+        more = [
+            *msgs,
+            {"role": "user", "content": "Add 1 more."},
+            {"role": "assistant", "content": "It is 2."},
+        ]
+        assert user(task, more) == "Add 1 more."
+        more += [{"role": "user", "content": "Add 1 more."}, {"role": "assistant", "content": "It is 3."}]
+        assert user(task, more) is None  # "DONE" ends the conversation
+        with pytest.raises(SimulatedUserError, match="HTTP 400"):
+            OpenAIUser(url.replace("/v1", "/broken/v1"), "sim", retries=0)(task, msgs)
+    finally:
+        user.close()
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
