@@ -76,7 +76,9 @@ def encode_conversation(tokenizer: Any, messages: list[dict[str, str]], task_id:
         while i < len(messages) and messages[i]["role"] != "assistant":
             between.append(messages[i])
             i += 1
-        traj.steps.append(StepRecord(text=content, is_final=not between))
+        is_reply = bool(between) and all(m["role"] == "user" for m in between)
+        turn = sum(s.is_reply for s in traj.steps)
+        traj.steps.append(StepRecord(text=content, is_final=not between, turn=turn, is_reply=is_reply))
         if between:
             traj.steps[-1].observation = "\n".join(m["content"] for m in between)
             traj.append(enc.observation_ids(history, between), is_action=False, step=k)

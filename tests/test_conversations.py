@@ -390,3 +390,27 @@ def test_openai_compatible_simulated_user_over_http(counter_encoder):
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def test_conversation_steps_survive_parquet_and_sft_file_encoding(tmp_path, counter_encoder):
+    from steprl.data.parquet_io import read_trajectories_parquet, write_trajectories_parquet
+    from steprl.sft import encode_conversation
+
+    msgs = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "Add 2."},
+        {"role": "assistant", "content": call_text("add", {"n": 2})},
+        {"role": "tool", "content": "2"},
+        {"role": "assistant", "content": "Added 2."},
+        {"role": "user", "content": "Thanks."},
+        {"role": "assistant", "content": "You are welcome."},
+    ]
+    traj = encode_conversation(counter_encoder.tokenizer, msgs, "file-0")
+    assert [(s.is_reply, s.is_final, s.turn) for s in traj.steps] == [
+        (False, False, 0),
+        (True, False, 0),
+        (False, True, 1),
+    ]
+    write_trajectories_parquet([traj], tmp_path / "t.parquet")
+    (back,) = read_trajectories_parquet(tmp_path / "t.parquet")
+    assert [(s.is_reply, s.turn) for s in back.steps] == [(s.is_reply, s.turn) for s in traj.steps]
