@@ -414,3 +414,52 @@ def test_conversation_steps_survive_parquet_and_sft_file_encoding(tmp_path, coun
     write_trajectories_parquet([traj], tmp_path / "t.parquet")
     (back,) = read_trajectories_parquet(tmp_path / "t.parquet")
     assert [(s.is_reply, s.turn) for s in back.steps] == [(s.is_reply, s.turn) for s in traj.steps]
+
+
+def test_dfsdt_searches_a_conversation_turn_by_turn(counter_encoder):
+    """DFSDT backtracks inside a later user turn and keeps the conversation's turn structure."""
+    import re
+
+    from steprl.engines.base import Generation, RolloutEngine
+    from steprl.evaluation.dfsdt import DFSDTConfig, run_dfsdt
+
+    assistant = re.compile(r"<\|im_start\|>assistant\n(.*?)<\|im_end\|>", re.DOTALL)
+    add2, add3, bad = call_text("add", {"n": 2}), call_text("add", {"n": 3}), call_text("reset", {})
+    script = {
+        (): [add2],
+        (add2,): ["Added 2."],
+        (add2, "Added 2."): [bad, add3],  # a failed call in turn 1: the search backtracks
+        (add2, "Added 2.", add3): ["The counter is 5."],
+        (add2, "Added 2.", add3, "The counter is 5."): ["You are welcome."],
+    }
+
+    class Scripted(RolloutEngine):
+        def __init__(self):
+            self.asked = {}
+
+        def generate(self, prompts, max_tokens, temperature, seed=None):
+            out = []
+            for p in prompts:
+                path = tuple(
+                    assistant.findall(counter_encoder.tokenizer.decode(p, skip_special_tokens=False))
+                )
+                k = self.asked.get(path, 0)
+                self.asked[path] = k + 1
+                ids = counter_encoder.action_ids(script[path][k])
+                out.append(Generation(ids, [-1.0] * len(ids), True))
+            return out
+
+        def load_weights(self, weights_dir):
+            raise NotImplementedError
+
+    task = CounterSuite().tasks("test", 1, 0)[0]
+    budget = EpisodeBudget(max_turns=8, max_response_tokens=900, max_tokens_per_turn=64)
+    (traj,) = run_dfsdt(Scripted(), ToolEnv(), {"convo_counter": counter_encoder}, get_parser("hermes"), [task],
+                        budget, DFSDTConfig(2, 10, require_grounding=False))  # fmt: skip
+    outcomes = [e["outcome"] for e in traj.meta["search"]["events"]]
+    assert outcomes == ["descend", "descend", "failed step", "descend", "descend", "accepted"]
+    assert [s.is_reply for s in traj.steps] == [False, True, False, True, False] and traj.steps[-1].is_final
+    assert [s.turn for s in traj.steps] == [0, 0, 1, 1, 2]
+    assert traj.meta["final_state"] == {"value": 5}
+    scored = score_trajectory(traj, task, "rule")
+    assert scored.meta["turn_scores"] == [1.0, 0.0, 1.0] and scored.is_solved == 1.0
