@@ -85,3 +85,27 @@ def test_plugin_episode_rewards_through_env_and_tool_server(calendar, mode):
     # a tool call on the "thanks" turn, where nothing was to be done: that turn and the conversation fail
     assert chatty.meta["turn_scores"] == [1.0, 1.0, 0.0] and chatty.is_solved == 0.0
     assert chatty.step_rewards == [*REWARDS[:-1], 0.5, 0.0]
+
+
+def test_cli_suites_yaml_fails_fast_naming_the_key(tmp_path, capsys):
+    from steprl.main import main
+
+    missing = tmp_path / "nope.yaml"
+    assert main([f"data.suites_yaml={missing}", "data.suite=calendar"]) == 2
+    err = capsys.readouterr().err
+    assert "data.suites_yaml=" in err and "nope.yaml" in err
+
+
+def test_suites_yaml_reaches_child_processes(monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("STEPRL_SUITES_YAML", raising=False)
+    assert use_suites_yaml(str(YAML)) == ["calendar"]
+    assert str(YAML.resolve()) in os.environ["STEPRL_SUITES_YAML"]
+    code = "from tools_env import get_suite; print(get_suite('calendar').name)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=dict(os.environ)
+    )
+    assert out.stdout.strip() == "calendar"
