@@ -18,6 +18,7 @@ as a user turn wrapped in ``<tool_response>``.
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from dataclasses import dataclass
@@ -245,10 +246,30 @@ class ChatEncoder:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def start(self, question: str) -> tuple[list[dict[str, Any]], list[int]]:
-        """The opening messages and prompt ids (system + user + generation prompt)."""
+        """The opening messages and prompt ids (system + the first user message + generation prompt).
+
+        Later user messages of a conversation are observations (see ``observation_ids``).
+        """
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         messages.append({"role": "user", "content": question})
         return messages, self.encode_text(self.render(messages, add_generation_prompt=True))
+
+    def with_tools(self, names: list[str] | None) -> ChatEncoder:
+        """This encoder with only the tools ``names`` in the prompt (a task's own tools); cached."""
+        if names is None:
+            return self
+        cache = self.__dict__.setdefault("_subsets", {})
+        key = tuple(names)
+        if key not in cache:
+            sub = copy.copy(self)
+            sub._subsets = {}
+            keep = set(names)
+            sub.tools = [t for t in self.tools or [] if _tool_name(t) in keep] or None
+            cache[key] = sub
+        return cache[key]
+
+    def tool_names(self) -> list[str]:
+        return [_tool_name(t) for t in self.tools or []]
 
     def action_ids(self, content: str) -> list[int]:
         """The tokens of an assistant turn as the engine would have generated them."""
@@ -271,12 +292,17 @@ class ChatEncoder:
         return self.encode_text(after[cut:])
 
     def encode_demonstration(self, task_id: str, messages: list[dict[str, Any]]) -> Trajectory:
-        """A demonstration (user, assistant/tool turns) as a Trajectory with action/obs masks."""
+        """A demonstration (user, then assistant turns each followed by tool results or by the user's
+        next message) as a Trajectory with action/obs masks.
+
+        A later user message is an observation, like a tool result: masked out of the loss, and the
+        assistant turn before it is a reply (``is_reply``) of user turn ``turn``.
+        """
         if not messages or messages[0]["role"] != "user":
             raise ValueError(f"{task_id}: a demonstration starts with the user's message")
         history, prompt_ids = self.start(messages[0]["content"])
         traj = Trajectory(task_id=task_id, prompt_ids=prompt_ids)
-        i = 1
+        turn, i = 0, 1
         while i < len(messages):
             msg = messages[i]
             if msg["role"] != "assistant":
@@ -284,16 +310,25 @@ class ChatEncoder:
             k = traj.num_steps
             traj.append(self.action_ids(msg["content"]), is_action=True, step=k)
             history.append({"role": "assistant", "content": msg["content"]})
-            tool_msgs = []
+            after = []
             i += 1
-            while i < len(messages) and messages[i]["role"] == "tool":
-                tool_msgs.append(messages[i])
+            while i < len(messages) and messages[i]["role"] in ("tool", "user"):
+                after.append(messages[i])
                 i += 1
-            traj.steps.append(StepRecord(text=msg["content"], is_final=not tool_msgs))
-            if tool_msgs:
-                traj.steps[-1].observation = "\n".join(m["content"] for m in tool_msgs)
-                traj.append(self.observation_ids(history, tool_msgs), is_action=False, step=k)
-                history.extend(tool_msgs)
+            roles = [m["role"] for m in after]
+            if "user" in roles and roles[-1] != "user":
+                raise ValueError(f"{task_id}: a user message must come last before the next assistant turn")
+            is_reply = roles == ["user"]
+            if "user" in roles and not is_reply:
+                raise ValueError(f"{task_id}: the user speaks after a reply, not after tool results")
+            traj.steps.append(
+                StepRecord(text=msg["content"], is_final=not after, turn=turn, is_reply=is_reply)
+            )
+            if after:
+                traj.steps[-1].observation = "\n".join(m["content"] for m in after)
+                traj.append(self.observation_ids(history, after), is_action=False, step=k)
+                history.extend(after)
+            turn += is_reply
         traj.done, traj.end_reason = True, "answer"
         return traj
 
@@ -331,3 +366,7 @@ def check_template(tokenizer: Any, tool_prompt: str = "auto") -> ChatEncoder:
             )
         messages.append(new)
     return enc
+
+
+def _tool_name(schema: dict[str, Any]) -> str:
+    return schema.get("function", schema).get("name", "")

@@ -36,6 +36,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     suite: str = "atlas"
+    # a suite YAML file (tools_env.plugins) loaded before data.suite is looked up, in the driver, the
+    # Ray workers and a local tool server alike (docs/tools_env.md)
+    suites_yaml: str = ""
     train_tasks: int = 2000
     test_tasks: int = 64
     seed: int = 0

@@ -153,8 +153,9 @@ class Controller:
         )
         self.reward_workers = self.reward_pool.workers  # the same list: replaced workers show up here
         budget = EpisodeBudget(
-            c.rollout.max_turns, c.rollout.max_response_tokens, c.rollout.max_tokens_per_turn
-        )
+            c.rollout.max_turns, c.rollout.max_response_tokens, c.rollout.max_tokens_per_turn,
+            max_prompt_tokens=c.rollout.max_model_len - c.rollout.max_response_tokens,
+        )  # fmt: skip
         engine_kwargs = {
             "dtype": c.model.dtype,
             "seed": c.trainer.seed,

@@ -98,6 +98,7 @@ def load_config(argv: list[str]):
 
     recipe, overrides = split_recipe(argv)
     cfg = compose_config(recipe, overrides)
+    _load_suites_yaml(OmegaConf.select(cfg, "data.suites_yaml", default=None))
     try:
         typed = validate(cfg)
         text = OmegaConf.to_yaml(cfg, resolve=True)
@@ -106,6 +107,19 @@ def load_config(argv: list[str]):
     except ConfigError as e:
         raise UserError(str(e)) from e
     return typed, text
+
+
+def _load_suites_yaml(path: str | None) -> None:
+    """``data.suites_yaml``: register its suites here (and, through the environment, in the workers)
+    before the config is validated, so ``data.suite`` may name one of them."""
+    if not path:
+        return
+    from tools_env.suite import use_suites_yaml
+
+    try:
+        use_suites_yaml(path)
+    except Exception as e:  # a bad plugin file is bad input: one line naming the key
+        raise UserError(f"data.suites_yaml={path}: {type(e).__name__}: {_first_line(e)}") from e
 
 
 def _searchpath() -> str:
@@ -175,6 +189,8 @@ def init_ray(cfg) -> None:
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     env = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "VLLM_CONFIGURE_LOGGING": "0"}
+    if os.environ.get("STEPRL_SUITES_YAML"):  # data.suites_yaml: the workers load the same suites
+        env["STEPRL_SUITES_YAML"] = os.environ["STEPRL_SUITES_YAML"]
     verbose = os.environ.get("STEPRL_VERBOSE") == "1"
     os.environ.update(env)
     if address:  # join the cluster (a `ray job submit` driver keeps its job's runtime env)

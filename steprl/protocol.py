@@ -12,6 +12,10 @@ Token layout of one episode (``prompt_ids`` then ``response_ids``)::
 * ``obs`` tokens were appended by the environment (tool results and the chat-template tokens
   around them); they are conditioning only and masked out of every loss;
 * a step ``k`` is one assistant turn: a tool call, or the final answer.
+
+In a conversation an assistant turn may also be a *reply* (``is_reply``): it answered a user turn and
+the user's next message follows as an observation (masked like a tool result, no reward of its own);
+only the reply to the last user turn is the final answer.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ class StepRecord:
     contribution: float = 0.0  # in [0, 1]; filled by the reward worker
     reward: float = 0.0  # shaped step reward; filled by the reward worker
     info: dict[str, Any] = field(default_factory=dict)  # environment's per-step facts for rules
+    turn: int = 0  # the user turn the step belongs to (0 = the question; conversations go on)
+    is_reply: bool = False  # the turn answered a user turn and the user spoke again (not final)
 
 
 @dataclass

@@ -21,9 +21,16 @@ SFT_LOSS_ON = ("all", "last")
 def demonstration_trajectories(
     suite: Suite, tasks: list[Task], encoder: ChatEncoder, suboptimal_share: float, seed: int
 ) -> list[Trajectory]:
+    """Each task's demonstration, encoded with the task's own tools in its prompt (``Task.tools``);
+    a conversation's later user messages are observations (``ChatEncoder.encode_demonstration``)."""
+    from steprl.episode import task_encoder
+
     rng = random.Random(seed)
     return [
-        encoder.encode_demonstration(t.task_id, suite.demonstration(t, rng, suboptimal_share)) for t in tasks
+        task_encoder({t.suite: encoder}, t).encode_demonstration(
+            t.task_id, suite.demonstration(t, rng, suboptimal_share)
+        )
+        for t in tasks
     ]
 
 
@@ -69,7 +76,9 @@ def encode_conversation(tokenizer: Any, messages: list[dict[str, str]], task_id:
         while i < len(messages) and messages[i]["role"] != "assistant":
             between.append(messages[i])
             i += 1
-        traj.steps.append(StepRecord(text=content, is_final=not between))
+        is_reply = bool(between) and all(m["role"] == "user" for m in between)
+        turn = sum(s.is_reply for s in traj.steps)
+        traj.steps.append(StepRecord(text=content, is_final=not between, turn=turn, is_reply=is_reply))
         if between:
             traj.steps[-1].observation = "\n".join(m["content"] for m in between)
             traj.append(enc.observation_ids(history, between), is_action=False, step=k)

@@ -95,7 +95,7 @@ def test_episode_masks_end_reasons_and_truncation(encoder, atlas):
         and a.final_answer == f"The answer is {tasks[0].answer}."
     )
     assert [s.succ_calling for s in a.steps[:-1]] == [1.0] * (len(good) - 1)
-    assert b.steps[0].succ_calling == 0.0 and "expected string" in b.steps[0].observation
+    assert b.steps[0].succ_calling == 0.0 and "is not of type 'string'" in b.steps[0].observation
     assert c.end_reason == "max_turns" and c.truncated and c.num_steps == 6
     for t in trajs:
         t.validate()

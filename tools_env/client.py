@@ -159,6 +159,9 @@ class ToolClient:
         )
         return _outcomes(data)
 
+    def snapshot(self, session_id: str) -> Any:
+        return self._request("GET", f"/sessions/{session_id}/snapshot", "snapshot", SessionError)["state"]
+
     def close_session(self, session_id: str) -> dict[str, Any]:
         return self._request("DELETE", f"/sessions/{_seg(session_id)}", "close session", SessionError)[
             "state"
@@ -234,6 +237,11 @@ class AsyncToolClient:
     async def call(self, session_id: str, calls: list[ToolCall]) -> list[CallOutcome]:
         path = f"/sessions/{_seg(session_id)}/call"
         return _outcomes(await self._request("POST", path, "call", SessionError, body=_calls_body(calls)))
+
+    async def snapshot(self, session_id: str) -> Any:
+        return (await self._request("GET", f"/sessions/{session_id}/snapshot", "snapshot", SessionError))[
+            "state"
+        ]
 
     async def close_session(self, session_id: str) -> dict[str, Any]:
         return (

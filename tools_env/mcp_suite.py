@@ -128,7 +128,8 @@ def mcp_tools(conn: MCPConnection) -> list[Tool]:
         schema = _field(spec, "input_schema", "inputSchema", default={}) or {}
         fn = partial(_call_tool, conn, spec.name)
         tools.append(Tool(name=spec.name, fn=fn, description=spec.description or spec.name,
-                          parameters=dict(schema.get("properties", {})), required=list(schema.get("required", []))))  # fmt: skip
+                          parameters=dict(schema.get("properties", {})), required=list(schema.get("required", [])),
+                          input_schema={"type": "object", **schema}))  # fmt: skip
     return sorted(tools, key=lambda t: t.name)
 
 

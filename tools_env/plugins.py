@@ -7,15 +7,25 @@ define one suite inline from plain functions, task lists and a checker::
     name: capitals                                # an inline suite (optional)
     system_prompt: You answer questions about capitals.
     tool_format: hermes
-    tools: [./capital_tools.py:capital_of]        # module:function; a first parameter named `state`
-                                                  # receives the session state
+    tools:                                        # module:function; a first parameter named `state`
+      - ./capital_tools.py:capital_of             # receives the session state; schema from type hints
+      - {schema: ./book.json, function: ./calendar.py:book}   # or an OpenAI function schema (inline
+                                                  # mapping or a .json file) bound to a function
     mcp: {command: python, args: [server.py]}     # optional: add the tools of an MCP server (stdio)
     tasks:                                        # per split a list, or module:function(split, n, seed)
       train: [{question: "Capital of Oskaria?", answer: Velport}]
       test: [...]
     checker: exact          # exact | contains | last_number | module:function(task, final_answer, state)
     contributions: mod:fn   # optional: fn(task, steps, final_answer) -> list[float]
-    initial_state: mod:fn   # optional: fn(task) -> dict
+    initial_state: mod:fn   # optional: fn(task) -> the session state (any Python objects)
+    snapshot: mod:fn        # optional: fn(task, state) -> what checkers see (JSON for the tool server)
+    close_state: mod:fn     # optional: fn(task, state), when the session closes
+    user_turn: mod:fn       # optional: fn(task, turn, messages) -> the next user message or None
+    turn_check: mod:fn      # optional: fn(task, turn, answer, state, steps) -> per-turn score in [0, 1]
+
+A task of a list may carry ``followups`` (later user messages), ``tools`` and ``excluded_tools``;
+its other keys go to ``Task.meta``. A checker ``module:function`` may take ``steps=`` (the episode's
+step records with each call's execution result).
 
 Suites live in a per-process registry: a Ray worker or a tool server in another process must load the
 same YAML (``python -m tools_env.server --suites-yaml file.yaml``).
@@ -37,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from tools_env.suite import SUITES, Suite, Task, register_suite
+from tools_env.suite import SUITES, Suite, Task, accepts_keyword, register_suite
 from tools_env.tools import Tool
 
 ENTRY_POINT_GROUP = "steprl.suites"
@@ -89,6 +99,21 @@ def function_tool(fn: Callable[..., Any], name: str | None = None) -> Tool:
     return built
 
 
+def schema_tool(entry: dict[str, Any], base: Path | None = None) -> Tool:
+    """``{schema: <OpenAI function schema or a .json file>, function: module:function}`` as a tool."""
+    import json
+
+    if set(entry) - {"schema", "function"} or "schema" not in entry or "function" not in entry:
+        raise ValueError(
+            f"a schema tool is {{schema: ..., function: module:function}}, got keys {sorted(entry)}"
+        )
+    schema = entry["schema"]
+    if isinstance(schema, str):
+        path = base / schema if base and not Path(schema).is_absolute() else Path(schema)
+        schema = json.loads(path.read_text())
+    return Tool.from_schema(schema, resolve(entry["function"], base))
+
+
 # ---- checkers ------------------------------------------------------------------------------------
 def _norm(text: str | None) -> str:
     return " ".join(re.findall(r"[a-z0-9]+", (text or "").lower()))
@@ -127,7 +152,11 @@ class InlineSuite(Suite):
     task_generator: Callable[[str, int, int], list[dict[str, Any]]] | None = None
     checker: Callable[[Task, str | None, dict[str, Any]], float] = staticmethod(_exact)
     contribution_fn: Callable[..., list[float]] | None = None
-    initial_state_fn: Callable[[Task], dict[str, Any]] | None = None
+    initial_state_fn: Callable[[Task], Any] | None = None
+    snapshot_fn: Callable[[Task, Any], Any] | None = None
+    close_state_fn: Callable[[Task, Any], None] | None = None
+    user_turn_fn: Callable[[Task, int, list[dict[str, Any]]], str | None] | None = None
+    turn_check_fn: Callable[..., float | None] | None = None
 
     def tools(self) -> list[Tool]:
         tools = list(self.function_tools)
@@ -151,14 +180,37 @@ class InlineSuite(Suite):
         out = []
         for i, item in items[:n]:
             fields = {"meta": {}, **item}
-            out.append(Task(fields.pop("task_id", f"{self.name}-{split}-{i}"), self.name, str(fields.pop("question")),
-                            str(fields.pop("answer")), dict(fields.pop("meta"), **fields)))  # fmt: skip
+            task_id = fields.pop("task_id", f"{self.name}-{split}-{i}")
+            question, answer = str(fields.pop("question")), str(fields.pop("answer"))
+            followups = [str(x) for x in fields.pop("followups", [])]
+            tools, excluded = fields.pop("tools", None), list(fields.pop("excluded_tools", []))
+            meta = dict(fields.pop("meta"), **fields)
+            out.append(Task(task_id, self.name, question, answer, meta, followups, tools, excluded))
         return out
 
-    def initial_state(self, task: Task) -> dict[str, Any]:
+    def initial_state(self, task: Task) -> Any:
         return self.initial_state_fn(task) if self.initial_state_fn else {}
 
-    def final_answer_correct(self, task: Task, final_answer: str | None, state: dict[str, Any]) -> float:
+    def snapshot(self, task: Task, state: Any) -> Any:
+        return self.snapshot_fn(task, state) if self.snapshot_fn else state
+
+    def close_state(self, task: Task, state: Any) -> None:
+        if self.close_state_fn:
+            self.close_state_fn(task, state)
+
+    def user_turn(self, task: Task, turn: int, messages: list[dict[str, Any]]) -> str | None:
+        if self.user_turn_fn:
+            return self.user_turn_fn(task, turn, messages)
+        return super().user_turn(task, turn, messages)
+
+    def turn_correct(self, task, turn, answer, state, steps) -> float | None:
+        return self.turn_check_fn(task, turn, answer, state, steps) if self.turn_check_fn else None
+
+    def final_answer_correct(
+        self, task: Task, final_answer: str | None, state: Any, steps: list[dict[str, Any]] | None = None
+    ) -> float:
+        if accepts_keyword(self.checker, "steps"):
+            return float(self.checker(task, final_answer, state, steps=steps or []))
         return float(self.checker(task, final_answer, state))
 
     def contributions(self, task: Task, steps: list[dict[str, Any]], final_answer: str | None) -> list[float]:
@@ -176,7 +228,10 @@ def make_suite(spec: dict[str, Any], base: Path | None = None) -> type[InlineSui
         "__doc__": spec.get("description", f"Suite {name!r} loaded from YAML."),
         "system_prompt": spec.get("system_prompt", Suite.system_prompt),
         "tool_format": spec.get("tool_format", "hermes"),
-        "function_tools": tuple(function_tool(resolve(ref, base)) for ref in spec.get("tools", [])),
+        "function_tools": tuple(
+            schema_tool(ref, base) if isinstance(ref, dict) else function_tool(resolve(ref, base))
+            for ref in spec.get("tools", [])
+        ),
         "checker": staticmethod(CHECKERS[checker] if checker in CHECKERS else resolve(checker, base)),
     }
     if isinstance(tasks, str):
@@ -190,8 +245,9 @@ def make_suite(spec: dict[str, Any], base: Path | None = None) -> type[InlineSui
         attrs["mcp_server"] = {k: mcp[k] for k in ("command", "args", "env", "cwd", "timeout_s") if k in mcp}
     if "contributions" in spec:
         attrs["contribution_fn"] = staticmethod(resolve(spec["contributions"], base))
-    if "initial_state" in spec:
-        attrs["initial_state_fn"] = staticmethod(resolve(spec["initial_state"], base))
+    for key in ("initial_state", "snapshot", "close_state", "user_turn", "turn_check"):
+        if key in spec:
+            attrs[f"{key}_fn"] = staticmethod(resolve(spec[key], base))
     cls = type(f"{name.title().replace('_', '')}Suite", (InlineSuite,), attrs)
     return register_suite(name)(cls)
 

@@ -8,6 +8,7 @@ Endpoints (every path but /health, including /docs, /openapi.json and /redoc, ne
     GET    /suites/{name}/tools     OpenAI function schemas of the suite's tools
     POST   /sessions                body: a Task dict -> {"session_id": ...}
     POST   /sessions/{id}/call      body: [{"name": ..., "arguments": {...}}] -> [CallOutcome dict, ...]
+    GET    /sessions/{id}/snapshot  -> {"state": Suite.snapshot of the state now} (after a user turn)
     DELETE /sessions/{id}           -> {"state": final session state}
 
 Tools are synchronous (the sandbox waits on a subprocess), so every call runs in a worker thread and the
@@ -388,6 +389,14 @@ def create_app(env: ToolEnv | None = None, token: str | None = None, threads: in
             session.last_key, session.last_reply = key, reply
             sessions.touch(session_id)
         return WireJSON(reply)
+
+    @app.get("/sessions/{session_id}/snapshot")
+    async def snapshot(session_id: str) -> Response:
+        try:
+            state = await run(env.snapshot, session_id)
+        except SessionError as e:
+            raise HTTPException(404, str(e.args[0])) from e
+        return WireJSON({"state": state})
 
     @app.delete("/sessions/{session_id}")
     async def close_session(session_id: str, request: Request) -> Response:

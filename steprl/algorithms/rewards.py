@@ -4,7 +4,10 @@ The reward worker scores one episode at a time, so these helpers take and return
 and lists; batching happens later in :func:`steprl.protocol.collate`. Formulas (DESIGN.md s.1):
 
 * intermediate step t: ``r_t = (alpha * SuccCalling_t + Contribution_t) / (1 + alpha)``;
-* final step T (the answer): ``r_T = IsSolved`` with Solved = 1, Unsure = 0.5, Unsolved = 0.
+* final step T (the answer): ``r_T = IsSolved`` with Solved = 1, Unsure = 0.5, Unsolved = 0;
+* in a conversation, a reply step (the answer to a user turn u before the last one):
+  ``r = TurnScore_u``, the suite's per-turn check (0 when the suite has none). User messages are
+  observations and carry no reward.
 """
 
 from __future__ import annotations
@@ -88,6 +91,57 @@ def shape_step_rewards(
         rewards.append((alpha * s + c) / (1.0 + alpha) if step_grained else 0.0)
     if is_solved is not None:
         rewards.append(is_solved_score(is_solved))
+    return rewards
+
+
+STEP_KINDS = ("tool", "reply", "final")
+
+
+def shape_conversation_rewards(
+    kinds: Sequence[str],
+    succ_calling: Sequence[float],
+    contribution: Sequence[float],
+    reply_scores: Sequence[float] | None,
+    is_solved: str | float | None,
+    alpha: float = 1.0,
+    *,
+    step_grained: bool = True,
+) -> list[float]:
+    """Per-step rewards of one episode whose steps are tool calls, replies and a final answer.
+
+    ``kinds[k]`` is ``"tool"``, ``"reply"`` or ``"final"``; tool steps take ``succ_calling`` /
+    ``contribution`` in order, replies take ``reply_scores`` in order (None: no per-turn check, 0),
+    the final step (last, if any) takes ``is_solved``. ``step_grained=False`` zeroes every reward but
+    the final one (tool steps and replies alike). Without replies this equals ``shape_step_rewards``.
+    """
+    unknown = sorted(set(kinds) - set(STEP_KINDS))
+    if unknown:
+        raise ValueError(f"unknown step kinds {unknown}; known: {STEP_KINDS}")
+    if "final" in kinds[:-1]:
+        raise ValueError("only the last step can be the final answer")
+    has_final = bool(kinds) and kinds[-1] == "final"
+    if has_final != (is_solved is not None):
+        raise ValueError("IsSolved is given exactly when the episode ends with a final answer")
+    replies = [k for k in kinds if k == "reply"]
+    if reply_scores is not None and len(reply_scores) != len(replies):
+        raise ValueError(f"{len(reply_scores)} turn scores for {len(replies)} replies")
+    tool_rewards = iter(
+        shape_step_rewards(succ_calling, contribution, None, alpha, step_grained=step_grained)
+    )
+    if sum(k == "tool" for k in kinds) != len(succ_calling):
+        raise ValueError(f"{len(succ_calling)} SuccCalling values for {kinds.count('tool')} tool steps")
+    scores = iter(reply_scores if reply_scores is not None else [0.0] * len(replies))
+    rewards = []
+    for kind in kinds:
+        if kind == "tool":
+            rewards.append(next(tool_rewards))
+        elif kind == "reply":
+            score = float(next(scores))
+            if not 0.0 <= score <= 1.0:
+                raise ValueError(f"a turn score must be in [0, 1], got {score}")
+            rewards.append(score if step_grained else 0.0)
+        else:
+            rewards.append(is_solved_score(is_solved))  # type: ignore[arg-type]
     return rewards
 
 

@@ -38,6 +38,8 @@ STEP_TYPE = pa.struct(
         ("contribution", pa.float64()),
         ("reward", pa.float64()),
         ("info", pa.string()),  # JSON
+        ("turn", pa.int64()),  # the user turn of a conversation (0 = the question)
+        ("is_reply", pa.bool_()),  # answered a user turn that was not the last
     ]
 )
 
@@ -81,6 +83,8 @@ def _step_row(s: StepRecord, task_id: str) -> dict[str, Any]:
         "contribution": s.contribution,
         "reward": s.reward,
         "info": _dumps(s.info, "steps[].info", task_id),
+        "turn": s.turn,
+        "is_reply": s.is_reply,
     }
 
 
@@ -116,6 +120,8 @@ def _from_row(r: dict[str, Any]) -> Trajectory:
             contribution=s["contribution"],
             reward=s["reward"],
             info=json.loads(s["info"]),
+            turn=s.get("turn") or 0,  # files written before conversations have neither field
+            is_reply=bool(s.get("is_reply")),
         )
         for s in r["steps"]
     ]

@@ -35,7 +35,7 @@ from typing import Any
 
 from steprl.chat import ChatEncoder
 from steprl.engines.base import Generation, RolloutEngine
-from steprl.episode import EpisodeBudget, _advance, _Live
+from steprl.episode import EpisodeBudget, _advance, _Live, task_encoder
 from steprl.protocol import StepRecord, Trajectory
 from tools_env.parsers import GIVE_UP_ANSWER, ToolCall
 from tools_env.suite import Task
@@ -137,7 +137,7 @@ def answer_verdict(answer: str | None, steps: list[StepRecord], require_groundin
 
 def step_failed(step: StepRecord) -> bool:
     """The step did not parse, was cut by the turn budget, or one of its calls failed."""
-    return step.parse_error is not None or (not step.is_final and step.succ_calling < 1.0)
+    return step.parse_error is not None or (not (step.is_final or step.is_reply) and step.succ_calling < 1.0)
 
 
 def _call_prefix(traj: Trajectory) -> list[list[dict[str, Any]]]:
@@ -234,6 +234,7 @@ class _Search:
     def _apply(self, node: _Node, gen: Generation) -> _Node:
         """The child node: the episode loop's own step semantics, on copies of the parent's episode."""
         live = _Live(copy.deepcopy(node.traj), self.task, list(node.messages), self.cursor.at(node.traj), 0)
+        live.turn = sum(s.is_reply for s in node.traj.steps)  # a conversation goes on at its user turn
         live.traj.meta["open"] = _advance(live, gen, self.env, self.encoder, self.parse, self.budget)
         step = live.traj.steps[-1]
         if step.tool_calls:
@@ -284,7 +285,7 @@ def run_dfsdt(
     seed: int | None = None,
 ) -> list[Trajectory]:
     """One DFSDT search per task (lockstep over tasks); each returns its chosen path as a Trajectory."""
-    searches = [_Search(t, env, encoders[t.suite], parse, budget, cfg) for t in tasks]
+    searches = [_Search(t, env, task_encoder(encoders, t), parse, budget, cfg) for t in tasks]
     gens = [s.run() for s in searches]
     results: list[Trajectory | None] = [None] * len(tasks)
     pending: dict[int, Request] = {}

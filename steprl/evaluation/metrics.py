@@ -3,10 +3,11 @@
 A row is what ``steprl.evaluation.runner.result_row`` writes for one task: at least ``task_id``,
 ``pass_score`` (IsSolved: 1 solved, 0.5 unsure, 0 unsolved), ``tool_success`` (SuccCalling of each tool
 step in order: 1st, 2nd, ... tool call), ``num_steps``, ``response_tokens``, ``generated_tokens`` and
-``end_reason``. Keeping the metrics on rows (not on live trajectories) lets ``--compare`` recompute them
-from saved JSON files. :func:`episode_metrics` is the flat view the training log uses (``train/``,
-``eval/<tag>/``) on live trajectories, built from the same pieces (pass rate, end reasons): the one
-module where episode metrics are defined.
+``end_reason``; a conversation's row also has ``turn_scores`` (the per-turn check of each answered
+user turn) and ``num_turns`` (the user turns of the task). Keeping the metrics on rows (not on live
+trajectories) lets ``--compare`` recompute them from saved JSON files. :func:`episode_metrics` is the flat
+view the training log uses (``train/``, ``eval/<tag>/``) on live trajectories, built from the same pieces
+(pass rate, end reasons): the one module where episode metrics are defined.
 """
 
 from __future__ import annotations
@@ -48,6 +49,35 @@ def success_by_step_index(tool_success: Sequence[Sequence[float]]) -> list[dict[
     return out
 
 
+def turn_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Per-turn and per-conversation pass rates over the rows that have a per-turn check.
+
+    ``turn_pass_rate``: the share of user turns whose check passed (score 1), over every user turn
+    of the tasks (a turn never reached because the episode ran out of budget counts as failed);
+    ``conversation_pass_rate``: the share of conversations with every turn passed;
+    ``turn_pass_by_index``: the rate at user turn 1, 2, ... (how far conversations stay on track).
+    None when no row has a per-turn check.
+    """
+    checked = [r for r in rows if r.get("turn_scores") is not None]
+    if not checked:
+        return None
+    passed = [[float(v) >= 1.0 for v in r["turn_scores"]] for r in checked]
+    totals = [max(int(r.get("num_turns") or 1), len(p)) for r, p in zip(checked, passed, strict=True)]
+    depth = max(totals)
+    by_index = []
+    for k in range(depth):
+        at = [p[k] if k < len(p) else False for p, n in zip(passed, totals, strict=True) if n > k]
+        by_index.append({"turn": k + 1, "count": len(at), "pass_rate": sum(at) / len(at)})
+    return {
+        "conversations": len(checked),
+        "user_turns": sum(totals),
+        "turn_pass_rate": sum(sum(p) for p in passed) / sum(totals),
+        "conversation_pass_rate": sum(len(p) == n and all(p) for p, n in zip(passed, totals, strict=True))
+        / len(checked),
+        "turn_pass_by_index": by_index,
+    }
+
+
 def end_reason_counts(reasons: Sequence[str]) -> dict[str, int]:
     return dict(sorted(Counter(reasons).items()))
 
@@ -71,6 +101,9 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "mean_generated_tokens": sum(r["generated_tokens"] for r in rows) / n,
         "end_reasons": end_reason_counts([r["end_reason"] for r in rows]),
     }
+    turns = turn_metrics(rows)
+    if turns is not None:
+        out["turns"] = turns
     searched = [r["search"] for r in rows if r.get("search")]
     if searched:  # DFSDT: the cost of the search, not only of the returned path
         out["search"] = {
@@ -83,10 +116,10 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def episode_metrics(trajs: Sequence[Trajectory], prefix: str) -> dict[str, float]:
     """Flat per-batch means for the metrics log: ``<prefix>pass_rate``, ``reward`` (step-reward sum),
-    ``steps``, ``tool_success`` (SuccCalling over all tool steps), ``response_tokens``, ``truncated``
+    ``steps``, ``tool_success`` (SuccCalling over all tool steps, replies in a conversation excluded), ``response_tokens``, ``truncated``
     (share and count: cut by a budget, kept and bootstrapped), ``episodes`` and ``end/<reason>`` shares."""
     n = max(1, len(trajs))
-    tool_steps = [s for t in trajs for s in t.steps if not s.is_final]
+    tool_steps = [s for t in trajs for s in t.steps if not (s.is_final or s.is_reply)]
     out = {
         f"{prefix}pass_rate": pass_rate([t.is_solved for t in trajs]) if trajs else 0.0,
         f"{prefix}reward": sum(sum(t.step_rewards) for t in trajs) / n,
@@ -97,6 +130,9 @@ def episode_metrics(trajs: Sequence[Trajectory], prefix: str) -> dict[str, float
         f"{prefix}truncated_count": float(sum(t.truncated for t in trajs)),
         f"{prefix}episodes": float(len(trajs)),
     }
+    turns = [v for t in trajs for v in t.meta.get("turn_scores") or []]
+    if turns:  # conversations with a per-turn check: the share of answered user turns that passed
+        out[f"{prefix}turn_pass_rate"] = sum(v >= 1.0 for v in turns) / len(turns)
     for reason, count in end_reason_counts([t.end_reason for t in trajs]).items():
         out[f"{prefix}end/{reason}"] = count / n
     return out

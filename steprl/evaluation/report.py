@@ -37,6 +37,16 @@ def result_tables(result: dict[str, Any]) -> list[Table]:
         ("mean generated tokens per episode", agg["mean_generated_tokens"]),
         ("end reasons", ", ".join(f"{k} {v}" for k, v in agg["end_reasons"].items())),
     ]
+    if "turns" in agg:
+        t = agg["turns"]
+        rows += [
+            ("conversations: per-turn pass rate", t["turn_pass_rate"]),
+            ("conversations: whole-conversation pass rate", t["conversation_pass_rate"]),
+            (
+                "conversations: pass rate at user turn 1, 2, ...",
+                " / ".join(f"{x['pass_rate']:.2f}" for x in t["turn_pass_by_index"]),
+            ),
+        ]
     if "search" in agg:
         s = agg["search"]
         rows += [

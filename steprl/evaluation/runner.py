@@ -114,7 +114,7 @@ def score(traj: Trajectory, task: Task, spec: EvalSpec) -> Trajectory:
 
 def result_row(traj: Trajectory, task: Task) -> dict[str, Any]:
     """One task's saved result: what the metrics read, plus the steps a judge would need to re-score."""
-    tool_steps = [s for s in traj.steps if not s.is_final]
+    tool_steps = [s for s in traj.steps if not (s.is_final or s.is_reply)]
     return {
         "task_id": task.task_id,
         "task": task.to_dict(),
@@ -130,6 +130,8 @@ def result_row(traj: Trajectory, task: Task) -> dict[str, Any]:
         "steps": [asdict(s) for s in traj.steps],
         "final_state": traj.meta.get("final_state") or {},
         "search": traj.meta.get("search"),
+        "turn_scores": traj.meta.get("turn_scores"),
+        "num_turns": max(1 + len(task.followups), 1 + sum(s.is_reply for s in traj.steps)),
     }
 
 

@@ -31,13 +31,15 @@ class SourceScores:
     """What one source said about one trajectory; ``None`` = the source does not give that component.
 
     ``succ_calling``/``contribution`` hold one value in [0, 1] per intermediate step; ``is_solved`` is
-    in [0, 1]. ``unscored`` is why the source could not score this trajectory (then the components it
+    in [0, 1]. ``turn_scores`` (a conversation's per-turn check) holds one value in [0, 1] per answered
+    user turn (the replies, then the final answer if there is one), or None when there is no check. ``unscored`` is why the source could not score this trajectory (then the components it
     would have given are missing); ``meta`` is JSON provenance (e.g. how many judge samples counted).
     """
 
     succ_calling: list[float] | None = None
     contribution: list[float] | None = None
     is_solved: float | None = None
+    turn_scores: list[float] | None = None
     unscored: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -161,8 +163,18 @@ def reward_env(cfg: RewardConfig, environ: Mapping[str, str] | None = None) -> d
 
 
 def tool_steps(traj: Trajectory) -> list[StepRecord]:
-    """The intermediate steps (everything but a final answer): one SuccCalling/Contribution each."""
-    return [s for s in traj.steps if not s.is_final]
+    """The intermediate steps (tool calls, not answers): one SuccCalling/Contribution each."""
+    return [s for s in traj.steps if not (s.is_final or s.is_reply)]
+
+
+def reply_steps(traj: Trajectory) -> list[StepRecord]:
+    """A conversation's replies: answers to the user turns before the last (per-turn check each)."""
+    return [s for s in traj.steps if s.is_reply]
+
+
+def step_kinds(traj: Trajectory) -> list[str]:
+    """``tool`` / ``reply`` / ``final`` for each step, in order (what ``shape_conversation_rewards`` reads)."""
+    return ["final" if s.is_final else "reply" if s.is_reply else "tool" for s in traj.steps]
 
 
 def answered(traj: Trajectory) -> bool:

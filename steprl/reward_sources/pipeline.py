@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from steprl.algorithms.rewards import shape_step_rewards
+from steprl.algorithms.rewards import shape_conversation_rewards
 from steprl.protocol import Trajectory
 from steprl.reward_sources.base import (
     COMPONENTS,
@@ -24,7 +24,9 @@ from steprl.reward_sources.base import (
     answered,
     component_plan,
     get_source_class,
+    reply_steps,
     sources_in_use,
+    step_kinds,
     tool_steps,
 )
 from tools_env.suite import Task
@@ -43,6 +45,20 @@ class Combined:
     provenance: dict[str, str]
     unscored: dict[str, str] = field(default_factory=dict)
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
+    turn_scores: list[float] | None = None  # per answered user turn; None: no per-turn check
+
+
+def _turn_scores(traj: Trajectory, source: str, scores: SourceScores) -> list[float] | None:
+    """The per-turn scores a source gave, checked against the number of answered user turns."""
+    if scores.unscored or scores.turn_scores is None:
+        return None
+    n = len(reply_steps(traj)) + answered(traj)
+    if len(scores.turn_scores) != n:
+        raise ValueError(
+            f"reward source {source!r} gave {len(scores.turn_scores)} turn scores for the {n} answered "
+            f"user turns of {traj.task_id}"
+        )
+    return [float(v) for v in scores.turn_scores]
 
 
 def _component(traj: Trajectory, comp: str, source: str, scores: SourceScores) -> tuple[Any, str | None]:
@@ -92,16 +108,23 @@ def combine_components(
     details = {s: scores[s].meta for s in used if s in scores and scores[s].meta}
     if fallback is not None and fallback[1].meta:
         details[fallback[0]] = fallback[1].meta
+    # the per-turn check comes with IsSolved: from its source, else from the fallback
+    turns = _turn_scores(traj, plan["is_solved"], scores[plan["is_solved"]])
+    if turns is None and fallback is not None:
+        turns = _turn_scores(traj, fallback[0], fallback[1])
     return Combined(
-        values["succ_calling"], values["contribution"], values["is_solved"], provenance, unscored, details
-    )
+        values["succ_calling"], values["contribution"], values["is_solved"], provenance, unscored, details,
+        turns,
+    )  # fmt: skip
 
 
 def apply_rewards(traj: Trajectory, c: Combined, alpha: float, step_grained: bool) -> Trajectory:
     """Write the components, the shaped step rewards and the provenance onto the trajectory."""
-    rewards = shape_step_rewards(
-        c.succ_calling, c.contribution, c.is_solved, alpha, step_grained=step_grained
-    )
+    replies = len(reply_steps(traj))
+    rewards = shape_conversation_rewards(
+        step_kinds(traj), c.succ_calling, c.contribution, c.turn_scores[:replies] if c.turn_scores else None,
+        c.is_solved, alpha, step_grained=step_grained,
+    )  # fmt: skip
     for step, s, v in zip(tool_steps(traj), c.succ_calling, c.contribution, strict=True):
         if not c.provenance["succ_calling"].startswith("rule"):  # keep what the environment said
             step.info.setdefault("env_succ_calling", step.succ_calling)
@@ -109,6 +132,9 @@ def apply_rewards(traj: Trajectory, c: Combined, alpha: float, step_grained: boo
     for step, r in zip(traj.steps, rewards, strict=True):
         step.reward = float(r)
     traj.is_solved = float(c.is_solved or 0.0)
+    traj.meta.pop("turn_scores", None)
+    if c.turn_scores is not None:
+        traj.meta["turn_scores"] = list(c.turn_scores)
     names = set(c.provenance.values())
     traj.meta["reward_source"] = (
         names.pop() if len(names) == 1 else ",".join(f"{k}={v}" for k, v in c.provenance.items())
@@ -159,6 +185,9 @@ class RewardPipeline:
                 self.counts[f"unscored/{comp}"] += 1
             for comp, where in c.provenance.items():
                 self.counts[f"fallback/{comp}"] += "(fallback" in where
+            if c.turn_scores is not None:  # a conversation's per-turn check: answered turns, passed
+                self.counts["turns"] += len(c.turn_scores)
+                self.counts["turns_passed"] += sum(v >= 1.0 for v in c.turn_scores)
         self.seconds += time.perf_counter() - t0
         return trajs
 

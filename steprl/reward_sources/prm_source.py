@@ -36,7 +36,7 @@ class PRMSource(RewardSource):
         for i, traj in enumerate(trajs):
             ids = traj.prompt_ids + traj.response_ids
             for k, step in enumerate(traj.steps):
-                if not step.is_final:
+                if not (step.is_final or step.is_reply):
                     contexts.append(ids[: step_end(traj, k)])
                     owners.append(i)
         probs = self.prm.score(contexts) if contexts else []
