@@ -18,7 +18,7 @@ from steprl.main import load_config  # noqa: E402
 @pytest.mark.parametrize("suite", sorted(rt.SUITES))
 def test_suite_overrides_make_a_valid_config(suite: str):
     setup = rt.SUITES[suite]
-    for recipe in ("sft", "steptool", "ppo_final", "arpo"):
+    for recipe in ("sft", "steptool"):
         cfg, _ = load_config([f"recipe={recipe}", *setup.overrides])
         assert cfg.data.suite == suite
         assert (cfg.rollout.max_turns, cfg.rollout.max_response_tokens, cfg.rollout.max_tokens_per_turn) == (
@@ -81,3 +81,26 @@ def test_relay_report_has_its_own_section_and_call_index_table(tmp_path: Path):
     # a second report replaces the block instead of appending another
     assert rt.main([*argv, "--plot", str(tmp_path / "curves.png")]) == 0
     assert doc.read_text().count(begin) == 1
+
+
+def test_calibration_block_states_numbers_and_targets(tmp_path: Path):
+    cfg, _ = load_config(["recipe=sft", *rt.SUITES["relay"].overrides])
+    summary = {"tool_success_after_rl": 0.712, "greedy_pass_rate_after_rl": 0.65, "pass_rate_after_rl": 0.41}
+    block, on_target = rt.render_calibration(summary, cfg, "relay", "cmd")
+    assert not on_target  # greedy 0.65 > 0.6
+    assert "| tool-call success (held-out, T=1, 640 episodes) | 0.712 | 0.6-0.8: met |" in block
+    assert "| greedy pass rate (640 tasks) | 0.650 | <= 0.6: NOT met |" in block
+    assert "transient_rate=0.2" in block  # the suite parameters are recorded with the numbers
+    _, on_target = rt.render_calibration({**summary, "greedy_pass_rate_after_rl": 0.5}, cfg, "relay", "cmd")
+    assert on_target
+    doc = tmp_path / "suites.md"
+    doc.write_text(
+        "intro\n"
+        + rt.CAL_BEGIN.format(suite="relay")
+        + "\nold\n"
+        + rt.CAL_END.format(suite="relay")
+        + "\nend\n"
+    )
+    rt.write_doc(doc, block, bounds=(rt.CAL_BEGIN.format(suite="relay"), rt.CAL_END.format(suite="relay")))
+    text = doc.read_text()
+    assert "old" not in text and "0.712" in text and text.startswith("intro") and text.endswith("end\n")
