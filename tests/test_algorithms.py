@@ -107,12 +107,26 @@ def _layout(t: Trajectory):
     return [steps[k] for k in range(t.num_steps)], p + len(t.response_ids) - 1
 
 
+def _budget_cut(t: Trajectory) -> bool:
+    """Truncated with the last response token an action token (cut inside its last step)."""
+    return t.truncated and bool(t.action_mask) and t.action_mask[-1] == 1
+
+
+def ref_bootstrap(t: Trajectory, v: list[float]) -> float:
+    """0 if not truncated; V(s_k) of the cut step after a budget cut; else the last token's value."""
+    steps, last = _layout(t)
+    if not t.truncated:
+        return 0.0
+    return v[steps[-1][0] - 1] if _budget_cut(t) else v[last]
+
+
 def ref_step_gae(t: Trajectory, v: list[float], gamma: float, lam: float) -> dict[int, float]:
-    """Per-step loop: {token position: advantage}; also returns {state position: return}."""
+    """Per-step loop: {token position: advantage}; also returns {state position: return}
+    (no target at the state of a budget-cut step)."""
     steps, last = _layout(t)
     K = len(steps)
     V = [v[pos[0] - 1] for pos in steps]
-    boot = v[last] if t.truncated else 0.0
+    boot = ref_bootstrap(t, v)
     adv, g = [0.0] * K, 0.0
     for k in reversed(range(K)):
         nv = V[k + 1] if k + 1 < K else boot
@@ -120,7 +134,7 @@ def ref_step_gae(t: Trajectory, v: list[float], gamma: float, lam: float) -> dic
         g = delta + gamma * lam * g
         adv[k] = g
     tok = {p: adv[k] for k, pos in enumerate(steps) for p in pos}
-    ret = {steps[k][0] - 1: adv[k] + V[k] for k in range(K)}
+    ret = {steps[k][0] - 1: adv[k] + V[k] for k in range(K) if not (_budget_cut(t) and k == K - 1)}
     return tok, ret
 
 
@@ -128,7 +142,7 @@ def ref_token_gae(t: Trajectory, v: list[float], token_r: dict[int, float], gamm
     """Loop over the list of action positions only (observations never enter the recursion)."""
     steps, last = _layout(t)
     acts = sorted(p for pos in steps for p in pos)
-    boot = v[last] if t.truncated else 0.0
+    boot = ref_bootstrap(t, v)
     adv, g = {}, 0.0
     for i in reversed(range(len(acts))):
         nv = v[acts[i + 1] - 1] if i + 1 < len(acts) else boot
@@ -287,19 +301,9 @@ def test_step_gae_golden_done():
     assert out.value_mask[0].tolist() == [False, True, False, False, True, False, False]
 
 
-def test_truncated_episode_bootstraps_from_last_value_not_zero():
-    """Pitfall (c): the value after the last step of a truncated episode is values[last_index]."""
-    out = compute_advantages(
-        golden_batch(done=False, truncated=True), G_VALUES, AdvantageConfig(gamma=0.9, lam=0.8)
-    )
-    # V(s2) = values[6] = 0.4
-    # delta1 = 1.0 + 0.9*0.4 - 0.3 = 1.06           A1 = 1.06
-    # delta0 = -0.03 (as above)                     A0 = -0.03 + 0.72*1.06 = 0.7332
-    # (bootstrapping from 0 would give A1 = 0.7, A0 = 0.474)
-    assert out.advantages[0, 5].item() == pytest.approx(1.06)
-    assert out.advantages[0, 2].item() == pytest.approx(0.7332)
-    assert out.advantages[0, 5].item() != pytest.approx(0.7)
-    # truncated right after a tool result: the last state is the observation token
+def test_truncated_episode_bootstraps_from_last_state_not_zero():
+    """Pitfall (c): a truncated episode bootstraps from the value of its last state, never from 0."""
+    # truncated right after a tool result (a turn-limit cut): the last state is the observation token
     t = make_traj(1, [(1, 1), (1, 0)], [0.0, 0.0], done=False, truncated=True, tail_obs=2)
     b = collate([t], pad_id=0)  # 0 prompt | 1 act0 | 2 obs | 3 act1 | 4,5 obs (last_index 5)
     v = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 2.0]])
@@ -307,6 +311,41 @@ def test_truncated_episode_bootstraps_from_last_value_not_zero():
     assert out.advantages[0, 3].item() == pytest.approx(1.0)  # 0 + 0.5 * 2.0 - 0
     tok = compute_advantages(b, v, AdvantageConfig(estimator="token_gae", gamma=0.5, lam=1.0))
     assert tok.advantages[0, 3].item() == pytest.approx(1.0)
+
+
+def test_token_budget_cut_bootstraps_from_the_cut_steps_state():
+    """A cut inside the last step (its last token is an action token) bootstraps from V(s_k) of the
+    cut step, not from the value at the cut token (an action position no critic is trained at)."""
+    out = compute_advantages(
+        golden_batch(done=False, truncated=True), G_VALUES, AdvantageConfig(gamma=0.9, lam=0.8)
+    )
+    # layout G: V(s0) = values[1] = 0.5, V(s1) = values[4] = 0.3; the cut token is 6 (values[6] = 0.4)
+    # bootstrap after the cut step 1 = V(s1) = 0.3
+    # delta1 = 1.0 + 0.9*0.3 - 0.3 = 0.97           A1 = 0.97
+    # delta0 = 0.2 + 0.9*0.3 - 0.5 = -0.03          A0 = -0.03 + 0.72*0.97 = 0.6684
+    # (values[6] would give A1 = 1.06, A0 = 0.7332; bootstrapping from 0 would give A1 = 0.7)
+    assert out.advantages[0].tolist() == pytest.approx([0, 0, 0.6684, 0.6684, 0, 0.97, 0.97])
+    # critic: R0 = A0 + V(s0) = 1.1684 at position 1; no target at the cut step's state (position 4)
+    assert row_dict(out.returns * out.value_mask, 0) == pytest.approx({1: 1.1684})
+    assert out.value_mask[0].nonzero().flatten().tolist() == [1]
+    # with the in-step token refinement: same A_k on the first token, no targets on the cut step
+    refined = compute_advantages(
+        golden_batch(done=False, truncated=True),
+        G_VALUES,
+        AdvantageConfig(gamma=0.9, lam=0.8, token_level_refine=True),
+    )
+    assert refined.advantages[0, 5].item() == pytest.approx(0.97)  # first token keeps A_k
+    assert not bool(refined.value_mask[0, 4:].any())  # token states of the cut step: no target
+    # token-level: action tokens 2, 3, 5, 6; V before them = values[1], [2], [4], [5] = 0.5, 9, 0.3, 9
+    # bootstrap = V(s1) = values[4] = 0.3; rewards 0.2 on token 3, 1.0 on token 6; gamma 0.5, lam 1
+    tok = compute_advantages(
+        golden_batch(done=False, truncated=True), G_VALUES, AdvantageConfig("token_gae", gamma=0.5, lam=1.0)
+    )
+    # pos6: 1.0 + 0.5*0.3 - 9 = -7.85 ; pos5: 0 + 0.5*9 - 0.3 + 0.5*(-7.85) = 0.275
+    # pos3: 0.2 + 0.5*0.3 - 9 + 0.5*0.275 = -8.5125 ; pos2: 0 + 0.5*9 - 0.5 + 0.5*(-8.5125) = -0.25625
+    assert tok.advantages[0].tolist() == pytest.approx([0, 0, -0.25625, -8.5125, 0, 0.275, -7.85])
+    # targets at t - 1 of step 0's tokens only (positions 1, 2); none for the cut step (4, 5)
+    assert tok.value_mask[0].nonzero().flatten().tolist() == [1, 2]
 
 
 def test_step_gae_matches_per_step_loop_on_random_batches():

@@ -10,8 +10,11 @@ positions (``t - 1`` for action token t, the token just before step k for V(s_k)
 ``extra_token_rewards`` [B, T] (e.g. ``-coef * kl`` from :func:`steprl.algorithms.kl.apply_kl_in_reward`)
 is added on action tokens by token-level estimators and summed per step by step-level ones.
 
-A truncated episode bootstraps from ``values[b, last_index[b]]``, the value of its last state;
-otherwise (done, or ended for any other reason) the value after the last step is 0.
+A truncated episode bootstraps from the value of its last *state* (:func:`_bootstrap`): after a
+turn-limit cut the last token is an observation token and that value is ``values[b, last_index[b]]``;
+after a token-budget cut the last token is an action token (the cut step never got its result), so
+the bootstrap is V(s_k) of the cut step k, and the cut step's states get no critic target. Otherwise
+(done, or ended for any other reason) the value after the last step is 0.
 Whitening over the batch's action tokens happens in one place, :func:`compute_advantages`, never
 inside an estimator: ``cfg.whiten`` True/False, or None for the estimator's own definition (registered
 with it: REINFORCE++ and the trl-0.10 compat mode whiten; GRPO and RLOO, whose group baseline already
@@ -147,10 +150,42 @@ def _prev_values(values: torch.Tensor, action_mask: torch.Tensor) -> torch.Tenso
     return prev
 
 
-def _bootstrap(batch: Batch, values: torch.Tensor) -> torch.Tensor:
-    """[B]: value after the last step: ``values[last_index]`` if truncated, else 0."""
+def _budget_cut(batch: Batch) -> torch.Tensor:
+    """[B] bool: truncated with an action token last, i.e. cut by the token budget inside the last
+    step (mid-turn, or after a call whose result did not fit) rather than after an observation."""
+    last_is_action = batch.action_mask.gather(1, batch.last_index.view(-1, 1)).squeeze(1)
+    return batch.truncated & last_is_action
+
+
+def _cut_step_tokens(batch: Batch, step_index: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: the action tokens of the cut step of every budget-cut row (False elsewhere)."""
+    last_step = (batch.step_mask.sum(dim=1) - 1).clamp(min=0)
+    return _budget_cut(batch).view(-1, 1) & (step_index == last_step.view(-1, 1)) & batch.action_mask
+
+
+def _cut_steps(batch: Batch) -> torch.Tensor:
+    """[B, S] bool: the cut step (the last one) of every budget-cut row."""
+    last_step = (batch.step_mask.sum(dim=1) - 1).clamp(min=0)
+    ks = torch.arange(batch.step_mask.shape[1], device=last_step.device).view(1, -1)
+    return _budget_cut(batch).view(-1, 1) & (ks == last_step.view(-1, 1))
+
+
+def _bootstrap(batch: Batch, values: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
+    """[B]: the value after the last step; 0 unless truncated.
+
+    A turn-limit cut ends on an observation token, the state the next turn would start from:
+    ``values[last_index]``. A token-budget cut ends on an action token, a position no critic is
+    trained at (targets sit at state positions) and whose successor state does not exist in the
+    tokens. It bootstraps from ``V(s_k)``, the value at the last state token before the cut step k:
+    the cut action is treated as not having moved the episode (its result never reached the
+    policy), so ``delta_k = r_k + gamma V(s_k) - V(s_k)`` scores the cut step by its own reward.
+    """
     last = values.gather(1, batch.last_index.view(-1, 1)).squeeze(1)
-    return torch.where(batch.truncated, last, torch.zeros_like(last))
+    v_state, _ = _state_values(batch, values, step_index)
+    last_step = (batch.step_mask.sum(dim=1) - 1).clamp(min=0)
+    v_cut = v_state.gather(1, last_step.view(-1, 1)).squeeze(1)
+    value = torch.where(_budget_cut(batch), v_cut, last)
+    return torch.where(batch.truncated, value, torch.zeros_like(last))
 
 
 def _extra(batch: Batch, extra: torch.Tensor | None) -> torch.Tensor:
@@ -240,6 +275,24 @@ def action_token_gae(
     return adv, (adv + prev) * action_mask
 
 
+def _cut_token_states(batch: Batch, step_index: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: positions t - 1 of the action tokens t of budget-cut steps (their token states)."""
+    cut = _cut_step_tokens(batch, step_index)
+    out = torch.zeros_like(cut)
+    out[:, :-1] = cut[:, 1:]
+    return out
+
+
+def _token_targets(
+    batch: Batch, token_returns: torch.Tensor, step_index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Critic targets of token-level estimators at t - 1 for every action token t, except the
+    tokens of a budget-cut step (their targets would lean on the cut step's own V(s_k))."""
+    returns, value_mask = _shift_to_states(token_returns, batch.action_mask)
+    value_mask = value_mask & ~_cut_token_states(batch, step_index)
+    return returns * value_mask, value_mask
+
+
 def _outcome(batch: Batch, cfg: AdvantageConfig, extra: torch.Tensor | None) -> torch.Tensor:
     """[B] episode outcome for critic-free estimators (plus the summed extra token rewards)."""
     if cfg.outcome == "is_solved":
@@ -290,14 +343,20 @@ def step_gae(
     v_next = torch.zeros_like(v_state)
     v_next[:, :-1] = v_state[:, 1:]  # non-final steps are never terminal
     last_step = (batch.step_mask.sum(dim=1) - 1).clamp(min=0)
-    v_next.scatter_(1, last_step.view(-1, 1), _bootstrap(batch, values).view(-1, 1))
+    v_next.scatter_(1, last_step.view(-1, 1), _bootstrap(batch, values, idx).view(-1, 1))
     delta = (r + cfg.gamma * v_next - v_state) * batch.step_mask
     adv_step = _discounted_gae(delta, cfg.gamma * cfg.lam) * batch.step_mask
     ret_step = adv_step + v_state
     if cfg.token_level_refine:
-        return _refine_in_step(batch, values, idx, ret_step, cfg.token_lam)
+        out = _refine_in_step(batch, values, idx, ret_step, cfg.token_lam)
+        out.value_mask &= ~_cut_token_states(batch, idx)
+        out.returns = out.returns * out.value_mask
+        return out
     returns, value_mask = _at_positions(ret_step, pos, batch.step_mask, values.shape[1])
-    return AdvantageOutput(broadcast_step_values(adv_step, idx), returns, value_mask)
+    # a budget-cut step's target would be bootstrapped from its own state's value: no target there
+    cut_state = _at_positions(v_state, pos, batch.step_mask & _cut_steps(batch), values.shape[1])[1]
+    value_mask = value_mask & ~cut_state
+    return AdvantageOutput(broadcast_step_values(adv_step, idx), returns * value_mask, value_mask)
 
 
 def _refine_in_step(
@@ -344,11 +403,11 @@ def token_gae(
     """Classic per-token GAE over action tokens, step rewards on each step's last action token."""
     values = _require_values(values, batch, "token_gae")
     rewards = place_step_rewards(batch) + _extra(batch, extra_token_rewards)
+    idx = action_step_index(batch)
     adv, ret = action_token_gae(
-        values, rewards, batch.action_mask, _bootstrap(batch, values), cfg.gamma, cfg.lam
+        values, rewards, batch.action_mask, _bootstrap(batch, values, idx), cfg.gamma, cfg.lam
     )
-    returns, value_mask = _shift_to_states(ret, batch.action_mask)
-    return AdvantageOutput(adv, returns, value_mask)
+    return AdvantageOutput(adv, *_token_targets(batch, ret, idx))
 
 
 @register_advantage("final_reward")
@@ -365,11 +424,11 @@ def final_reward(
     last_step = (batch.step_mask.sum(dim=1) - 1).clamp(min=0)
     only_final.scatter_(1, last_step.view(-1, 1), batch.is_solved.float().view(-1, 1))
     rewards = place_step_rewards(batch, only_final) + _extra(batch, extra_token_rewards)
+    idx = action_step_index(batch)
     adv, ret = action_token_gae(
-        values, rewards, batch.action_mask, _bootstrap(batch, values), cfg.gamma, cfg.lam
+        values, rewards, batch.action_mask, _bootstrap(batch, values, idx), cfg.gamma, cfg.lam
     )
-    returns, value_mask = _shift_to_states(ret, batch.action_mask)
-    return AdvantageOutput(adv, returns, value_mask)
+    return AdvantageOutput(adv, *_token_targets(batch, ret, idx))
 
 
 @register_advantage("steptool_compat", whitens=True)
