@@ -50,17 +50,21 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("STEPRL_CACHE", Path.home() / ".cache" / "steprl"))
 
 
+# the suites whose chats train the tokenizer: a fixed list, so that registering a new built-in suite does
+# not silently change what a fresh build produces under the same cache key
+CORPUS_SUITES = ("atlas", "bank", "math", "retrieval")
+
+
 def _corpus(seed: int, num_tasks: int = 3000) -> list[str]:
-    """Rendered chats of the built-in suites: the text the tokenizer should encode compactly."""
+    """Rendered chats of the ``CORPUS_SUITES``: the text the tokenizer should encode compactly."""
     from jinja2 import Template
 
-    from tools_env.suite import SUITES, get_suite
+    from tools_env.suite import get_suite
 
-    get_suite("atlas")  # import registers the built-in suites
     template = Template(TEMPLATE_PATH.read_text(), trim_blocks=True, lstrip_blocks=True)
     rng = random.Random(seed)
     texts = []
-    for name in sorted(SUITES):
+    for name in CORPUS_SUITES:
         suite = get_suite(name)
         tools = [t.schema() for t in suite.tools()]
         try:
@@ -110,7 +114,7 @@ def _entity_tokens() -> list[str]:
 
     get_suite("atlas")
     names: set[str] = set()
-    for name in sorted(SUITES):
+    for name in CORPUS_SUITES:
         names.update(get_suite(name).entity_tokens())
     return sorted(names)
 
