@@ -110,7 +110,7 @@ def build_tokenizer(spec: TinyModelSpec):
 
 
 def _entity_tokens() -> list[str]:
-    from tools_env.suite import SUITES, get_suite
+    from tools_env.suite import get_suite
 
     get_suite("atlas")
     names: set[str] = set()
