@@ -17,7 +17,8 @@ import torch
 from omegaconf import OmegaConf
 
 from steprl.algorithms.advantages import AdvantageConfig, compute_advantages
-from steprl.config import StepRLConfig, validate
+from steprl.config import StepRLConfig
+from steprl.validation import validate
 from steprl.engines.base import Generation, RolloutEngine
 from steprl.engines.hf_engine import HFEngine
 from steprl.episode import EpisodeBudget, run_episodes

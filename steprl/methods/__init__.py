@@ -42,7 +42,7 @@ class Method:
         return None
 
     def check_config(self, cfg: StepRLConfig) -> str | None:
-        """A one-line problem with ``cfg`` for this method, or None (called by ``config.validate``):
+        """A one-line problem with ``cfg`` for this method, or None (called by ``steprl.validation.validate``):
         the checks every method shares, then the method's own :meth:`check`."""
         if cfg.data.format not in self.data_formats:
             return f"data.format={cfg.data.format} is not used by this method (accepted: {self.data_formats})"
