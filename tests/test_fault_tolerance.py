@@ -18,13 +18,13 @@ from omegaconf import OmegaConf
 
 from steprl.algorithms.advantages import AdvantageConfig, compute_advantages
 from steprl.config import StepRLConfig
-from steprl.validation import validate
 from steprl.engines.base import Generation, RolloutEngine
 from steprl.engines.hf_engine import HFEngine
 from steprl.episode import EpisodeBudget, run_episodes
 from steprl.evaluation.metrics import episode_metrics
 from steprl.fault import WorkerFailure, merge_by_id, split
 from steprl.protocol import collate
+from steprl.validation import validate
 from tools_env.client import ToolClient
 from tools_env.env import ToolEnv
 from tools_env.parsers import get_parser
