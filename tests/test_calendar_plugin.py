@@ -68,7 +68,7 @@ def test_plugin_episode_rewards_through_env_and_tool_server(calendar, mode):
     suite, encoder = calendar
     task = next(t for t in suite.tasks("train", 2, 0) if len(t.followups) == 2)
     server = serve(background="process") if mode == "server_process" else None  # loads $STEPRL_SUITES_YAML
-    env = ToolClient(server.url) if server else ToolEnv()
+    env = ToolClient(server.client_url) if server else ToolEnv()
     try:
         good = _episode(encoder, env, task, SCRIPT)
         chatty = _episode(encoder, env, task, [*SCRIPT[:-1], call_text("free_slots", {"day": "mon"}), "Bye."])

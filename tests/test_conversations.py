@@ -161,7 +161,7 @@ def test_conversation_episode_masks_rewards_and_live_state(counter_encoder, mode
 
     env = ToolEnv()
     server = serve(env, port=0) if mode == "server" else None
-    client = ToolClient(server.url) if server else env
+    client = ToolClient(server.client_url) if server else env
     try:
         task = CounterSuite().tasks("test", 1, 0)[0]
         CLOSED.clear()
