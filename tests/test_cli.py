@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,12 +36,10 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def model_dir(tmp_path: Path) -> Path:
-    """A directory that passes the model-path check (the recorder never loads it)."""
-    d = tmp_path / "model"
-    d.mkdir()
-    (d / "config.json").write_text("{}")
-    return d
+def model_dir(tiny_model_path: str) -> Path:
+    """A real model directory: it passes the model-path check (tokenizer, template); the recorder never
+    trains it."""
+    return Path(tiny_model_path)
 
 
 @pytest.fixture
@@ -135,7 +134,7 @@ def test_multirun_runs_each_job_in_turn_in_its_own_run_dir(tmp_path, model_dir, 
     for i, c in enumerate(recorder):
         assert yaml.safe_load((c["run_dir"] / "config.yaml").read_text())["trainer"]["seed"] == i
         assert sorted(p.name for p in c["run_dir"].iterdir()) == ["config.yaml", "summary.json"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "sweep"]  # no outputs/, no runs/
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # no outputs/, no runs/
 
 
 def test_hydra_run_dir_is_the_run_dir(tmp_path, model_dir, recorder, monkeypatch):
@@ -148,7 +147,7 @@ def test_hydra_run_dir_is_the_run_dir(tmp_path, model_dir, recorder, monkeypatch
     assert recorder[2]["run_dir"].parent == Path("runs") and recorder[2]["run_dir"].name.startswith(
         "steptool-"
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["h", "model", "runs", "t"]  # Hydra made no other
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h", "runs", "t"]  # Hydra made no other
 
 
 # ---- wandb gets the resolved config; curves on separate axes ---------------------------------------
@@ -172,7 +171,12 @@ def test_wandb_receives_the_resolved_config(tmp_path, monkeypatch):
     # the offline run's transaction log (what `wandb sync` uploads) holds the config record
     logs = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(logs) == 1
-    data = logs[0].read_bytes()
+    deadline = time.monotonic() + 30  # wandb's service process may still be flushing the file
+    while True:
+        data = logs[0].read_bytes()
+        if (b'"total_iterations":7' in data and b'"estimator":"grpo"' in data) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert b'"total_iterations":7' in data and b'"estimator":"grpo"' in data
 
 

@@ -82,13 +82,6 @@ def test_every_recipe_composes_and_validates(recipe):
 # ---- input files are parsed before Ray starts and before anything is written (issue 14, finding 6) --
 
 
-def _fake_model(tmp_path: Path) -> Path:
-    model = tmp_path / "model"
-    model.mkdir(exist_ok=True)
-    (model / "config.json").write_text("{}")
-    return model
-
-
 BAD_INPUTS = [
     (["recipe=sft", "data.format=steptool_sft_json"], "data.path", "{not json", "not a steptool_sft_json"),
     (["recipe=sft", "data.format=steptool_sft_json"], "data.path", '{"q1": {"instances": "x"}}', "no usable"),
@@ -112,7 +105,7 @@ def test_input_file_that_does_not_parse_is_one_line_naming_key_and_file(tmp_path
     assert f"{key}={bad}" in message and needle in message and "\n" not in message
 
 
-def test_cli_input_file_that_does_not_parse_fails_before_anything_starts(tmp_path):
+def test_cli_input_file_that_does_not_parse_fails_before_anything_starts(tmp_path, tiny_model_path):
     """Before: only the file's existence was checked; the run wrote config.yaml, started Ray and died
     with a traceback ~25 s later. Now: one line naming the key and the file, exit 2, nothing written."""
     bad = tmp_path / "bad.json"
@@ -121,7 +114,7 @@ def test_cli_input_file_that_does_not_parse_fails_before_anything_starts(tmp_pat
         "recipe=sft",
         "data.format=steptool_sft_json",
         f"data.path={bad}",
-        f"model.path={_fake_model(tmp_path)}",
+        f"model.path={tiny_model_path}",
     ]
     proc = _run_main(args, tmp_path)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
