@@ -402,13 +402,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         assert err.count("\n") == 1 and message in err, (argv, err)
 
 
-def test_a_run_directory_means_its_final_actor_and_results_go_under_the_run(tmp_path):
+def test_a_run_directory_means_its_final_actor_and_results_go_under_the_run(tmp_path, tiny_model_path):
+    import shutil
+
     from steprl.eval import default_output, resolve_checkpoint
     from steprl.evaluation.runner import EvalSpec
 
     actor = tmp_path / "run" / "checkpoints" / "final" / "actor"
-    actor.mkdir(parents=True)
-    (actor / "config.json").write_text("{}")
+    shutil.copytree(tiny_model_path, actor)  # a real model directory (tokenizer and template are checked)
     path = resolve_checkpoint(str(tmp_path / "run"))
     assert path == str(actor.resolve())
     spec = EvalSpec(

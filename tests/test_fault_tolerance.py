@@ -96,7 +96,9 @@ def test_an_episode_cut_by_the_token_budget_is_kept_truncated_and_bootstrapped(
     tiny_model_path, tokenizer, encoder, atlas
 ):
     """Real transformers engine, greedy, 6 tokens per turn: every episode ends ``max_tokens``; it is
-    in the batch (not dropped), marked truncated, counted, and GAE bootstraps from V(last token)."""
+    in the batch (not dropped), marked truncated, counted, and GAE bootstraps from V(s_k) of the cut
+    step (its last token is an action token, where the critic is never trained: docs/algorithms.md,
+    Truncation)."""
     engine = HFEngine(tiny_model_path, [encoder.eot_id], tokenizer.pad_token_id)
     tasks = atlas.tasks("test", 3, 0)
     trajs = run_episodes(
@@ -121,10 +123,11 @@ def test_an_episode_cut_by_the_token_budget_is_kept_truncated_and_bootstrapped(
     values = torch.arange(batch.size * T, dtype=torch.float32).view(batch.size, T) / 100.0
     cfg = AdvantageConfig(estimator="step_gae", gamma=0.9, lam=0.7)
     adv = compute_advantages(batch, values, cfg).advantages
-    for b, traj in enumerate(trajs):  # one step: A_0 = r_0 + gamma * V(last state) - V(s_0)
+    for b, traj in enumerate(trajs):  # one step, cut mid-action: A_0 = r_0 + gamma * V(s_0) - V(s_0)
         p = len(traj.prompt_ids)
         last = p + len(traj.response_ids) - 1
-        golden = 0.3 + 0.9 * values[b, last] - values[b, p - 1]
+        assert traj.action_mask[-1]  # the cut fell inside the action
+        golden = 0.3 + 0.9 * values[b, p - 1] - values[b, p - 1]
         assert adv[b, p : last + 1].tolist() == pytest.approx([float(golden)] * (last + 1 - p))
     batch.truncated[:] = False  # the same episodes as terminal would not bootstrap
     adv_done = compute_advantages(batch, values, cfg).advantages
