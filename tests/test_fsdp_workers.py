@@ -105,5 +105,5 @@ def test_lora_actor_exports_merged_weights(ray_cluster, tiny_model_path, tmp_pat
             model(input_ids=data["input_ids"], attention_mask=data["attention_mask"].long()).logits,
             data["input_ids"],
         )
-    mask = data["attention_mask"]
+    mask = data["action_mask"]  # log-probs are computed where they are used: the response (logits_to_keep)
     assert torch.allclose(exported[mask], after[mask], atol=1e-4)

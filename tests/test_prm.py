@@ -100,7 +100,7 @@ def test_training_separates_a_toy_set(prm, tiny_model_path, tokenizer, tmp_path)
     before, _, _ = gap(prm)
     losses = []
     out = train_prm(
-        tiny_model_path, train, str(tmp_path / "prm"), epochs=5, lr=2e-3, batch_size=8,
+        tiny_model_path, train, str(tmp_path / "prm"), epochs=10, lr=2e-3, batch_size=8,
         on_step=lambda step, loss: losses.append(loss),
     )  # fmt: skip
     trained = ProcessRewardModel(out)
