@@ -219,7 +219,7 @@ def test_tools_give_informative_argument_errors_and_pages():
     out = env.call(session, [ToolCall("search_orders", {"user": user["id"], "status": "lost"})])[0]
     assert not out.ok and "'lost' is not one of" in out.output
     out = env.call(session, [ToolCall("get_order", {"order": "abc"})])[0]
-    assert not out.ok and "expected integer" in out.output
+    assert not out.ok and "is not of type 'integer'" in out.output
     env.close_session(session)
 
 
