@@ -263,11 +263,12 @@ def _completed_run(run_dir: Path) -> dict[str, bytes]:
     return {name: (run_dir / name).read_bytes() for name in ("config.yaml", "summary.json")}
 
 
-def _fake_model(tmp_path: Path) -> Path:
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
-    return model
+def _model_dir(tmp_path: Path) -> Path:
+    """A real model directory (model paths are checked for a tokenizer and a chat template); these tests
+    never train it."""
+    from steprl.models.tiny import ensure_tiny_model
+
+    return ensure_tiny_model()
 
 
 def test_cli_corrupt_checkpoint_fails_fast_and_keeps_the_completed_results(tmp_path):
@@ -279,7 +280,7 @@ def test_cli_corrupt_checkpoint_fails_fast_and_keeps_the_completed_results(tmp_p
     before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
     t0 = time.time()
     proc = subprocess.run(
-        [sys.executable, "-m", "steprl.main", f"model.path={_fake_model(tmp_path)}", f"trainer.run_dir={run_dir}",
+        [sys.executable, "-m", "steprl.main", f"model.path={_model_dir(tmp_path)}", f"trainer.run_dir={run_dir}",
          "trainer.resume=auto", "trainer.total_iterations=4"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -305,7 +306,7 @@ def test_a_failed_resume_keeps_the_completed_runs_config_and_summary(tmp_path, m
 
     monkeypatch.setattr(cli, "train", failing_train)
     monkeypatch.setattr(cli, "init_ray", lambda cfg: None)
-    args = [f"model.path={_fake_model(tmp_path)}", f"trainer.run_dir={run_dir}", "trainer.resume=auto",
+    args = [f"model.path={_model_dir(tmp_path)}", f"trainer.run_dir={run_dir}", "trainer.resume=auto",
             "trainer.total_iterations=4"]  # fmt: skip
     with pytest.raises(RuntimeError, match="worker died"):
         cli.main(args)
