@@ -25,12 +25,13 @@ intact one to resume from explicitly) rather than silently going back iterations
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -324,3 +325,41 @@ def run_completed(mode: str, run_dir: Path, total_iterations: int) -> bool:
         return False
     state = read_state(path)
     return state.get("tag") == "final" and int(state["iteration"]) >= total_iterations
+
+
+RUN_RESULT_FILES = ("config.yaml", "summary.json")
+
+
+@contextlib.contextmanager
+def keep_completed_results(run_dir: Path) -> Iterator[None]:
+    """A run that fails never overwrites the ``config.yaml``/``summary.json`` of a completed run.
+
+    When ``run_dir`` holds a completed run (a resume that extends it), both files are copied to
+    ``*.completed`` first (so even a SIGKILL loses nothing); on failure they are put back and the failed
+    attempt's files are kept as ``config.failed.yaml``/``summary.failed.json``; on success the copies go.
+    """
+    try:
+        completed = json.loads((run_dir / "summary.json").read_text()).get("status") == "completed"
+    except (OSError, ValueError, AttributeError):
+        completed = False
+    backups = {}
+    if completed:
+        for name in RUN_RESULT_FILES:
+            if (run_dir / name).is_file():
+                backups[name] = _sibling(run_dir / name, "completed")
+                backups[name].write_bytes((run_dir / name).read_bytes())
+    try:
+        yield
+    except BaseException:
+        for name, backup in backups.items():
+            path = run_dir / name
+            if path.exists():
+                os.replace(path, _sibling(path, "failed"))
+            os.replace(backup, path)
+        raise
+    for backup in backups.values():
+        backup.unlink(missing_ok=True)
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    return path.with_name(f"{path.stem}.{tag}{path.suffix}")

@@ -11,18 +11,17 @@ Before Hydra creates any directory, every job is checked: config keys, types, ra
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steprl.checkpoint import CheckpointError, resolve_resume, run_completed
+from steprl.checkpoint import CheckpointError, keep_completed_results, resolve_resume, run_completed
+from steprl.hydra_args import given_override, quote_override, register_help, split_flags
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES_DIR = Path(os.environ.get("STEPRL_RECIPES", REPO / "recipes"))
@@ -315,21 +314,12 @@ def _job_key(recipe: str, overrides: list[str]) -> tuple[str, ...]:
     return (recipe, *(o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))))
 
 
-def _quote(value: str) -> str:
-    """A path as a Hydra override value (quoted unless it is plain)."""
-    if all(ch.isalnum() or ch in "_./-" for ch in value):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _given(overrides: list[str], key: str) -> str | None:
-    found = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").split("=", 1)[0] == key]
-    return found[-1] if found else None
-
-
 def single_run_dir(recipe: str, overrides: list[str]) -> Path:
     """``trainer.run_dir``, else ``hydra.run.dir`` (resolved), else ``runs/<recipe>-<timestamp>``."""
-    trainer_dir, hydra_dir = _given(overrides, "trainer.run_dir"), _given(overrides, "hydra.run.dir")
+    trainer_dir, hydra_dir = (
+        given_override(overrides, "trainer.run_dir"),
+        given_override(overrides, "hydra.run.dir"),
+    )
     if hydra_dir is not None:
         from omegaconf import OmegaConf
 
@@ -373,33 +363,6 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
         raise UserError(f"config error: {_first_line(e)}") from e
 
 
-def _register_help() -> None:
-    """``--help``: recipes, flags, config groups and the composed config (Hydra's help template)."""
-    from hydra.core.config_store import ConfigStore
-
-    recipes = " ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
-    groups = "\n".join(  # listed here: Hydra's $APP_CONFIG_GROUPS misses a search path given as override
-        f"{d.name}: {', '.join(sorted(f.stem for f in d.glob('*.yaml')))}"
-        for d in sorted(CONFIGS_DIR.iterdir())
-        if d.is_dir()
-    )
-    template = (
-        "python -m steprl.main [recipe=<name>] [key=value ...]: train a recipe (README: Configuration)\n\n"
-        f"== Recipes (recipe=<name>, default {DEFAULT_RECIPE}) ==\n{recipes}\n\n"
-        "== Flags ==\n$FLAGS_HELP\n"
-        f"== Configuration groups (group=option) ==\n{groups}\n\n"
-        "== Config (override any key: section.key=value) ==\n$CONFIG\n"
-        "Examples:\n"
-        "  python -m steprl.main recipe=grpo trainer.total_iterations=3 rollout=hf\n"
-        "  python -m steprl.main --cfg job algorithm.kl_coef=0.05      # the resolved config, no run\n"
-        "  python -m steprl.main -m trainer.seed=0,1,2                  # a sweep, one run dir per job\n"
-        "A misspelled key, a wrong type or a value out of range fails before anything starts.\n"
-        "Use --hydra-help for Hydra's own options (launchers, sweepers, logging).\n"
-    )
-    node = {"app_name": "steprl", "header": "", "footer": "", "template": template}
-    ConfigStore.instance().store(group="hydra/help", name="steprl", node=node)
-
-
 def _hydra(recipe: str, args: list[str]) -> int:
     """Run the Hydra application ``python -m steprl.main`` on ``args`` (flags + overrides)."""
     import hydra
@@ -408,19 +371,21 @@ def _hydra(recipe: str, args: list[str]) -> int:
     from steprl.config import register_configs
 
     register_configs()
-    _register_help()
+    register_help(RECIPES_DIR, CONFIGS_DIR, DEFAULT_RECIPE)
     given = [a.split("=", 1)[0] for a in args]
     defaults = {  # Hydra writes nothing of its own into a run directory; steprl writes config.yaml
         "hydra/help": "steprl",
         "hydra/job_logging": "none",
         "hydra.output_subdir": "null",
         "hydra.job.chdir": "false",
-        "hydra.run.dir": _quote(str(default_run_dir(recipe))),
-        "hydra.sweep.dir": _quote(str(Path("runs") / f"multirun-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")),
+        "hydra.run.dir": quote_override(str(default_run_dir(recipe))),
+        "hydra.sweep.dir": quote_override(
+            str(Path("runs") / f"multirun-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
+        ),
     }
     extra = [f"{k}={v}" for k, v in defaults.items() if k not in given]
     app = hydra.main(config_path=str(RECIPES_DIR), config_name=recipe, version_base="1.3")(_task)
-    flags, overrides = _split_flags(args)  # argparse takes the overrides as one run of positionals
+    flags, overrides = split_flags(args)  # argparse takes the overrides as one run of positionals
     saved = sys.argv
     sys.argv = [saved[0] if saved and saved[0] else "steprl.main", *flags, *overrides, *extra, _searchpath()]
     GlobalHydra.instance().clear()
@@ -431,19 +396,6 @@ def _hydra(recipe: str, args: list[str]) -> int:
         sys.argv = saved
         GlobalHydra.instance().clear()
     return 0
-
-
-def _split_flags(args: list[str]) -> tuple[list[str], list[str]]:
-    from hydra._internal.utils import get_args_parser
-
-    overrides = list(get_args_parser().parse_args(args).overrides)
-    flags, left = [], list(overrides)
-    for a in args:
-        if a in left:
-            left.remove(a)
-        else:
-            flags.append(a)
-    return flags, overrides
 
 
 def _task(_cfg: Any) -> None:
@@ -484,44 +436,6 @@ def run_job(job: Job) -> dict[str, Any] | None:
             ray.shutdown()
 
 
-RESULT_FILES = ("config.yaml", "summary.json")
-
-
-@contextlib.contextmanager
-def keep_completed_results(run_dir: Path) -> Iterator[None]:
-    """A run that fails never overwrites the ``config.yaml``/``summary.json`` of a completed run.
-
-    When ``run_dir`` holds a completed run (a resume that extends it), both files are copied to
-    ``*.completed`` first (so even a SIGKILL loses nothing); on failure they are put back and the failed
-    attempt's files are kept as ``config.failed.yaml``/``summary.failed.json``; on success the copies go.
-    """
-    try:
-        completed = json.loads((run_dir / "summary.json").read_text()).get("status") == "completed"
-    except (OSError, ValueError, AttributeError):
-        completed = False
-    backups = {}
-    if completed:
-        for name in RESULT_FILES:
-            if (run_dir / name).is_file():
-                backups[name] = _sibling(run_dir / name, "completed")
-                backups[name].write_bytes((run_dir / name).read_bytes())
-    try:
-        yield
-    except BaseException:
-        for name, backup in backups.items():
-            path = run_dir / name
-            if path.exists():
-                os.replace(path, _sibling(path, "failed"))
-            os.replace(backup, path)
-        raise
-    for backup in backups.values():
-        backup.unlink(missing_ok=True)
-
-
-def _sibling(path: Path, tag: str) -> Path:
-    return path.with_name(f"{path.stem}.{tag}{path.suffix}")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -544,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.multirun:
             jobs = sweep_jobs(overrides)
             if jobs is not None:
-                if len(jobs) > 1 and _given(overrides, "trainer.run_dir"):
+                if len(jobs) > 1 and given_override(overrides, "trainer.run_dir"):
                     raise UserError(
                         "trainer.run_dir names one directory but the sweep has "
                         f"{len(jobs)} jobs: drop it (each job runs in <hydra.sweep.dir>/<job number>)"
@@ -560,8 +474,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"steprl: {run_dir} already completed its {job.cfg.trainer.total_iterations} iterations")
             return 0
         _JOBS[_job_key(recipe, overrides)] = job
-        args_out = [a for a in rest if _given([a], "hydra.run.dir") is None]
-        return _hydra(recipe, [*args_out, f"hydra.run.dir={_quote(str(run_dir))}"])
+        args_out = [a for a in rest if given_override([a], "hydra.run.dir") is None]
+        return _hydra(recipe, [*args_out, f"hydra.run.dir={quote_override(str(run_dir))}"])
     except UserError as e:
         print(f"steprl: {e}", file=sys.stderr)
         return 2
