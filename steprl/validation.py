@@ -3,7 +3,7 @@
 Three layers, each raising :class:`~steprl.config.ConfigError` with one line naming the key:
 
 1. the schema (:func:`steprl.config.to_typed`): unknown keys, types (OmegaConf);
-2. ranges (:func:`steprl.config.check_ranges`): no registry needed;
+2. ranges (:func:`steprl.config_ranges.check_ranges`): no registry needed;
 3. here: membership in the registries (methods, estimators, loss modes, engines, reward sources,
    task suites) and each method's own ``Method.check``.
 
@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from steprl.config import ConfigError, StepRLConfig, _check, check_ranges, to_typed
+from steprl.config import ConfigError, StepRLConfig, _check, to_typed
+from steprl.config_ranges import check_ranges
 
 
 def validate(cfg: Any) -> StepRLConfig:
