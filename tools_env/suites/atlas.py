@@ -118,8 +118,28 @@ def call_text(name: str, arguments: dict[str, Any]) -> str:
     return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
 
 
+class GeneralTools:
+    """Tools a suite offers beside its own: the calculator its chains need, and two distractors."""
+
+    @tool
+    def calculator(self, state: dict, expression: str) -> str:
+        """Compute an arithmetic expression with + - *."""
+        return str(safe_arithmetic(expression))
+
+    @tool
+    def weather(self, state: dict, city: str) -> str:
+        """Current weather in a city."""
+        h = zlib.crc32(city.encode())
+        return f"{['sunny', 'cloudy', 'rainy'][h % 3]}, {h % 30} C"
+
+    @tool
+    def web_search(self, state: dict, query: str) -> str:
+        """Search the web."""
+        return "No results."
+
+
 @register_suite("atlas")
-class AtlasSuite(Suite):
+class AtlasSuite(GeneralTools, Suite):
     system_prompt = "You answer questions about countries. Use the tools, then give the answer."
     world: dict[str, dict[str, Any]] = WORLD  # the bundled table; ``with_world`` swaps it (pretraining)
 
@@ -140,22 +160,6 @@ class AtlasSuite(Suite):
         if country not in self.world:
             raise ToolError(f"no country named {country!r} in the atlas")
         return str(self.world[country][field])
-
-    @tool
-    def calculator(self, state: dict, expression: str) -> str:
-        """Compute an arithmetic expression with + - *."""
-        return str(safe_arithmetic(expression))
-
-    @tool
-    def weather(self, state: dict, city: str) -> str:
-        """Current weather in a city."""
-        h = zlib.crc32(city.encode())
-        return f"{['sunny', 'cloudy', 'rainy'][h % 3]}, {h % 30} C"
-
-    @tool
-    def web_search(self, state: dict, query: str) -> str:
-        """Search the web."""
-        return "No results."
 
     # ---- tasks ---------------------------------------------------------------------------
     def tasks(self, split: str, n: int, seed: int) -> list[Task]:

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from tools_env.parsers import GIVE_UP_ANSWER
 from tools_env.suite import Suite, Task, register_suite
 from tools_env.suites.atlas import WORLD as ATLAS_WORLD
-from tools_env.suites.atlas import call_text, safe_arithmetic
+from tools_env.suites.atlas import GeneralTools, call_text
 from tools_env.suites.bank import HOLDERS
 from tools_env.tools import ToolError, tool
 
@@ -138,7 +138,7 @@ def data_flow_contributions(
 
 
 @register_suite("relay")
-class RelaySuite(Suite):
+class RelaySuite(GeneralTools, Suite):
     system_prompt = "You answer questions about orders. Use the tools; retry a failed call."
 
     def __init__(self, params: RelayParams | None = None) -> None:
@@ -216,22 +216,6 @@ class RelaySuite(Suite):
     def order_history(self, state: dict, name: str) -> str:
         """Orders before 2026 (deprecated)."""
         raise ToolError("order_history is deprecated and was shut down")
-
-    @tool
-    def calculator(self, state: dict, expression: str) -> str:
-        """Compute an arithmetic expression with + - *."""
-        return str(safe_arithmetic(expression))
-
-    @tool
-    def weather(self, state: dict, city: str) -> str:
-        """Current weather in a city."""
-        h = zlib.crc32(city.encode())
-        return f"{['sunny', 'cloudy', 'rainy'][h % 3]}, {h % 30} C"
-
-    @tool
-    def web_search(self, state: dict, query: str) -> str:
-        """Search the web."""
-        return "No results."
 
     @staticmethod
     def _user(state: dict, user: int) -> dict[str, Any]:
