@@ -34,9 +34,8 @@ from steprl.data.steptool_formats import (
     read_rft_json,
     read_sft_json,
     read_steptool_ppo_csv,
-    to_messages,
-    tokenize_offline_trajectory,
 )
+from steprl.data.steptool_tokenize import to_messages, tokenize_offline_trajectory
 
 __all__ = [
     "CHAT_FORMATS",

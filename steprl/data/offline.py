@@ -19,8 +19,8 @@ from steprl.data.steptool_formats import (
     ChatTemplateError,
     OnError,
     read_steptool_ppo_csv,
-    tokenize_offline_trajectory,
 )
+from steprl.data.steptool_tokenize import tokenize_offline_trajectory
 from steprl.protocol import Trajectory
 
 logger = logging.getLogger(__name__)

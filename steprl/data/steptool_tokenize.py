@@ -1,0 +1,136 @@
+"""Offline StepTool trajectories -> chat messages -> token ids, through the tokenizer's own chat template.
+
+The bridge between the published formats (read in :mod:`steprl.data.steptool_formats`) and training:
+each assistant turn becomes action tokens of its step, each tool result observation tokens, with the
+same prefix-stability check the live episodes use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from steprl.data.steptool_formats import (
+    ChatTemplateError,
+    FinishInfo,
+    OfflineStepTrajectory,
+    finish_info,
+    parse_react_turn,
+)
+from steprl.protocol import StepRecord, Trajectory
+
+
+def to_messages(traj: OfflineStepTrajectory) -> list[dict[str, str]]:
+    """The chat as role/content dicts (system/user/assistant/tool) for any tokenizer's chat template."""
+    msgs = [m.to_dict() for m in traj.query_messages]
+    for k, turn in enumerate(traj.turns):
+        msgs.append({"role": "assistant", "content": turn})
+        if k < len(traj.observations):
+            msgs.append({"role": "tool", "content": traj.observations[k]})
+    return msgs
+
+
+def _template_ids(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+    res = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+    if isinstance(res, Mapping):
+        res = res["input_ids"]
+    if hasattr(res, "tolist"):
+        res = res.tolist()
+    if res and isinstance(res[0], list):
+        if len(res) != 1:
+            raise ChatTemplateError("apply_chat_template returned a batch for one conversation")
+        res = res[0]
+    return [int(x) for x in res]
+
+
+def _check_prefix(prev: list[int], ids: list[int], index: int, role: str) -> None:
+    if ids[: len(prev)] == prev:
+        return
+    at = next(
+        (i for i, (a, b) in enumerate(zip(prev, ids, strict=False)) if a != b), min(len(prev), len(ids))
+    )
+    raise ChatTemplateError(
+        f"chat template is not prefix-stable: adding message {index} ({role}) changed earlier tokens "
+        f"(first difference at token {at} of {len(prev)}); token deltas per turn are not defined for "
+        "this template (e.g. it rewrites earlier assistant turns)"
+    )
+
+
+def _group_of(messages: list[dict[str, str]]) -> str:
+    blob = json.dumps(messages, ensure_ascii=False, sort_keys=True).encode()
+    return hashlib.sha1(blob).hexdigest()[:16]
+
+
+def _step_records(traj: OfflineStepTrajectory) -> tuple[list[StepRecord], FinishInfo | None]:
+    steps, fin = [], None
+    for k, turn in enumerate(traj.turns):
+        rt = parse_react_turn(turn)
+        fin_k = finish_info(rt)
+        error = None
+        if rt.action is None:
+            error = "no 'Action:' line"
+        elif isinstance(rt.action_input, str):
+            error = "'Action Input' is not a JSON object"
+        calls = [{"name": rt.action, "arguments": rt.action_input}] if rt.action else []
+        info = {"return_type": fin_k.return_type} if fin_k else {}
+        obs = traj.observations[k] if k < len(traj.observations) else ""
+        steps.append(
+            StepRecord(turn, calls, obs, fin_k is not None, error, reward=traj.step_rewards[k], info=info)
+        )
+        fin = fin_k
+    return steps, fin
+
+
+def tokenize_offline_trajectory(
+    traj: OfflineStepTrajectory, tokenizer: Any, *, task_id: str | None = None, group_id: str | None = None
+) -> Trajectory:
+    """Token ids for an offline trajectory, turn by turn, as chat-template token deltas.
+
+    The template is applied to growing message prefixes; each assistant turn's delta is step k's
+    action tokens, everything else is observation. Raises ChatTemplateError when a longer prefix
+    changes earlier tokens (then per-turn spans are not defined). Step rewards come from the file;
+    rollout log-probs are unknown offline (zeros; ``meta["has_rollout_logprobs"] = False``).
+    """
+    if len(traj.step_rewards) != len(traj.turns) or not traj.turns:
+        raise ValueError(f"{len(traj.turns)} turns and {len(traj.step_rewards)} step rewards")
+    messages = to_messages(traj)
+    n_query = len(traj.query_messages)
+    prompt_ids = _template_ids(tokenizer, messages[:n_query], add_generation_prompt=True)
+    source = Path(traj.source_path).name if traj.source_path else "offline"
+    steps, fin = _step_records(traj)
+    out = Trajectory(
+        task_id=task_id or f"{source}:{traj.source_line}",
+        prompt_ids=prompt_ids,
+        group_id=group_id if group_id is not None else _group_of(messages[:n_query]),
+        meta={
+            "source": "steptool_csv",
+            "source_path": traj.source_path,
+            "source_line": traj.source_line,
+            "chat_format": traj.chat_format,
+            "has_rollout_logprobs": False,
+        },
+    )
+    prev, step = prompt_ids, -1
+    for i in range(n_query, len(messages)):
+        role = messages[i]["role"]
+        next_is_assistant = i + 1 < len(messages) and messages[i + 1]["role"] == "assistant"
+        ids = _template_ids(tokenizer, messages[: i + 1], add_generation_prompt=next_is_assistant)
+        _check_prefix(prev, ids, i, role)
+        delta = ids[len(prev) :]
+        if role == "assistant":
+            step += 1
+            if not delta:
+                raise ChatTemplateError(f"assistant turn {step} produced no tokens")
+        out.append(delta, is_action=role == "assistant", step=max(step, 0))
+        prev = ids
+    out.steps = steps
+    out.done = fin is not None
+    out.truncated = fin is None
+    out.end_reason = "answer" if fin is not None else "max_turns"
+    out.is_solved = traj.step_rewards[-1] if fin is not None else 0.0
+    out.final_answer = fin.final_answer if fin is not None else None
+    out.validate()
+    return out
