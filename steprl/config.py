@@ -147,6 +147,10 @@ class WorkerConfig:
     backend: str = "auto"  # auto: gloo on CPU, nccl on CUDA
     # torch threads per worker process; 0: the node's cores divided by the group's ranks (steprl.modeling.auto_threads)
     threads: int = 0
+    # tokens (rows x padded length) per forward/backward pass; a mini-batch larger than this is run in
+    # several passes with gradient accumulation (same gradient). 0: auto, sized from the model config so
+    # one pass's activations and logits stay under about 2 GiB (steprl.modeling.auto_micro_batch_tokens)
+    micro_batch_tokens: int = 0
     num_cpus: float = 0.5
     num_gpus: float = 0.0
 

@@ -147,6 +147,7 @@ def check_ranges(c: StepRLConfig) -> None:
         _check(w.device in ("cpu", "cuda"), f"{name}.device", "must be 'cpu' or 'cuda'")
         _check(w.backend in ("auto", "gloo", "nccl"), f"{name}.backend", "must be auto, gloo or nccl")
         _check(w.threads >= 0, f"{name}.threads", "must be >= 0")
+        _check(w.micro_batch_tokens >= 0, f"{name}.micro_batch_tokens", "must be >= 0 (0: auto)")
         _check(w.num_cpus >= 0 and w.num_gpus >= 0, f"{name}.num_cpus/num_gpus", "must be >= 0")
     _check(
         c.data.format in DATA_FORMATS, "data.format", f"must be one of {DATA_FORMATS}, got {c.data.format!r}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -64,6 +65,34 @@ def shard_rows(data: TensorDict, num_shards: int) -> list[TensorDict]:
         shard["row_is_real"] = real
         shards.append(shard)
     return shards
+
+
+PASS_BUDGET_BYTES = 2 << 30  # what one auto-sized forward/backward pass may hold in activations and logits
+
+
+def auto_micro_batch_tokens(hf_config: Any, vocab_logits: bool, budget_bytes: int = PASS_BUDGET_BYTES) -> int:
+    """Tokens per pass so that the saved activations of one forward/backward fit ``budget_bytes``.
+
+    Per token, in fp32: each decoder layer keeps about ``8 * hidden + 4 * intermediate`` values for the
+    backward (norms, q/k/v/o, the MLP's gate, up, activation and product), and a language-model head keeps
+    the logits and their gradient, ``2 * vocab``. SmolLM2-135M: about 1.7 MB per token, so ~1,300 tokens
+    per 2 GiB pass; a mini-batch of 32 rows of 700 tokens in one pass needed ~37 GB (the worker was killed).
+    """
+    hidden = int(getattr(hf_config, "hidden_size", 0) or 0)
+    inter = int(getattr(hf_config, "intermediate_size", 0) or 4 * hidden)
+    layers = int(getattr(hf_config, "num_hidden_layers", 0) or 0)
+    vocab = int(getattr(hf_config, "vocab_size", 0) or 0) if vocab_logits else 0
+    per_token = 4 * (layers * (8 * hidden + 4 * inter) + 2 * vocab)
+    return max(1, budget_bytes // max(per_token, 1))
+
+
+def passes_needed(data: TensorDict, max_tokens: int) -> int:
+    """How many row chunks keep each pass at ``max_tokens`` (rows x width) or fewer, at least 1."""
+    rows = next(iter(data.values())).shape[0]
+    width = max(
+        (v[0].numel() for k, v in data.items() if k.endswith("input_ids") and v.dim() >= 2), default=1
+    )
+    return max(1, min(rows, math.ceil(rows * width / max(max_tokens, 1))))
 
 
 def micro_batches(data: TensorDict, num: int) -> list[TensorDict]:

@@ -66,6 +66,39 @@ def test_two_ranks_update_like_one(ray_cluster, tiny_model_path, tmp_path):
     assert torch.allclose(weights[1], weights[2], atol=2e-5)
 
 
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_passes_of_a_few_tokens_accumulate_to_the_one_pass_update(ray_cluster, tiny_model_path, agg):
+    """``micro_batch_tokens=24`` (one 24-token row per pass) on 2 ranks takes the same PPO and SFT steps as
+    one pass on one rank: gradient accumulation weighted by what the loss averages over.
+
+    The gradient norm (before clipping) is the sharp check: Adam's first step is nearly ``lr * sign(g)``,
+    blind to a mis-weighted sum, but the norm is not; the log-probs after the steps agree to summation order.
+    """
+    from workers.fsdp import ActorWorker
+
+    data = _batch()
+    norms: dict[int, list[float]] = {}
+    after: dict[int, list[torch.Tensor]] = {}
+    for ws, tokens in ((1, 10_000), (2, 24)):
+        cfg = StepRLConfig()
+        cfg.algorithm.ppo_epochs, cfg.algorithm.num_mini_batches, cfg.algorithm.loss_agg = 1, 1, agg
+        cfg.optim.actor_lr = 1e-3
+        cfg.actor.micro_batch_tokens = tokens
+        actor = _group(ActorWorker, ws, tiny_model_path, cfg)
+        rows = dict(data, old_logprobs=actor.gather_rows("compute_logprobs", data))
+        norms[ws] = [actor.mean_metrics("update_policy", rows)["actor/grad_norm"]]
+        after[ws] = [actor.gather_rows("compute_logprobs", data)]
+        norms[ws].append(actor.mean_metrics("sft_step", data, lr=1e-3)["sft/grad_norm"])
+        after[ws].append(actor.gather_rows("compute_logprobs", data))
+        actor.shutdown()
+    real = data["attention_mask"]  # padding columns: computed in one pass, zero when trimmed per pass
+    assert (after[1][0] - rows["old_logprobs"])[real].abs().max() > 1e-3
+    assert (after[1][1] - after[1][0])[real].abs().max() > 1e-3
+    assert norms[2] == pytest.approx(norms[1], rel=1e-5)
+    for one_pass, many in zip(after[1], after[2], strict=True):
+        assert (one_pass - many)[real].abs().max() < 5e-4
+
+
 def test_policy_update_uses_actor_lr_after_sft(ray_cluster, tiny_model_path):
     """An SFT phase sets its own learning rate; the PPO update after it runs at optim.actor_lr."""
     from workers.fsdp import ActorWorker

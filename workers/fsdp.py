@@ -18,9 +18,11 @@ from steprl.algorithms.losses import entropy_from_logits, kl_penalty, masked_mea
 from steprl.config import AlgorithmConfig, ModelConfig, OptimConfig, WorkerConfig
 from steprl.modeling import (
     TensorDict,
+    auto_micro_batch_tokens,
     auto_threads,
     first_used_column,
     micro_batches,
+    passes_needed,
     token_logprobs,
     trim_padding,
 )
@@ -30,6 +32,7 @@ class FSDPWorker:
     """Base: process-group setup, model loading and sharding, full-state export."""
 
     role = "base"
+    vocab_logits = True  # the model ends in a language-model head (sizes the auto micro-batch)
 
     def __init__(
         self,
@@ -71,7 +74,30 @@ class FSDPWorker:
         self.model = self._build_model()
         self._shard(self.model)
         self.optimizer = self._build_optimizer()
-        return {"rank": self.rank, "pid": os.getpid(), "node": self.node_ip(), "backend": backend}
+        self.micro_batch_tokens = self.worker_cfg.micro_batch_tokens or auto_micro_batch_tokens(
+            self._hf_config(), self.vocab_logits
+        )
+        return {
+            "rank": self.rank, "pid": os.getpid(), "node": self.node_ip(), "backend": backend,
+            "micro_batch_tokens": self.micro_batch_tokens,
+        }  # fmt: skip
+
+    def _passes(self, data: TensorDict) -> list[TensorDict]:
+        """``data`` in row chunks of at most ``micro_batch_tokens`` tokens each, trimmed of padding.
+
+        Every rank runs the same number of passes (each forward/backward is a sequence of FSDP
+        collectives), so the count is the largest any rank needs.
+        """
+        n = torch.tensor([passes_needed(data, self.micro_batch_tokens)], device=self.device)
+        dist.all_reduce(n, op=dist.ReduceOp.MAX)
+        return [trim_padding(chunk) for chunk in micro_batches(data, int(n))]
+
+    @torch.no_grad()
+    def _per_pass(self, data: TensorDict, fn) -> torch.Tensor:
+        """``fn(chunk) -> [rows, width]`` over :meth:`_passes`, stitched back as wide as ``data``."""
+        width = data["input_ids"].shape[1]
+        outs = [fn(chunk) for chunk in self._passes(data)]
+        return torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1])) for o in outs])
 
     def _build_model(self) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
@@ -139,8 +165,16 @@ class FSDPWorker:
         dist.all_reduce(n)
         return float(n.item())
 
+    def _weight_count(self, mask: torch.Tensor, agg: str) -> torch.Tensor:
+        """What a loss averages over: tokens, or the rows that have any (``seq-mean-*`` aggregations)."""
+        return mask.any(-1).sum() if agg.startswith("seq") and mask.dim() >= 2 else mask.sum()
+
     def _step(self, loss_sum: torch.Tensor) -> float:
         loss_sum.backward()
+        return self._apply_gradients()
+
+    def _apply_gradients(self) -> float:
+        """Clip the accumulated gradient, take one optimizer step, clear it; returns the gradient norm."""
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.requires_grad], self.optim_cfg.grad_clip
         )
@@ -150,22 +184,41 @@ class FSDPWorker:
         self.optimizer.zero_grad(set_to_none=True)
         return float(grad_norm)
 
-    def _train_epochs(self, data: TensorDict, mask_key: str, loss_fn) -> dict[str, float]:
-        """``ppo_epochs`` passes over ``num_mini_batches``; ``loss_fn(mb, mask) -> (loss, metrics)``.
+    def _accumulate(self, data: TensorDict, mask_key: str, loss_fn, agg: str) -> dict[str, float]:
+        """Backward of ``loss_fn`` over ``data`` in :meth:`_passes`; the gradients sum to the gradient of
+        the loss over all ranks' ``data`` at once (no optimizer step here).
 
-        The loss is scaled by this rank's share of the global ``mask`` count so that FSDP's gradient
-        average over ranks equals the gradient of the global token-mean loss.
+        Each pass's loss is weighted by its share of the global count of what the loss averages over
+        (``mask_key`` tokens, or rows for ``seq-mean-*``); FSDP's average over ranks is undone by
+        ``world_size``. Metrics are the passes' means weighted by that count on this rank.
         """
+        total = self._weight_count(data[mask_key].to(self.device), agg).float().reshape(1)
+        dist.all_reduce(total)
+        sums: dict[str, float] = {}
+        local = 0.0
+        for chunk in self._passes(data):
+            mask = chunk[mask_key].to(self.device)
+            count = float(self._weight_count(mask, agg))
+            loss, metrics = loss_fn(chunk, mask)
+            (loss * (count / max(float(total), 1.0) * self.world_size)).backward()
+            weight = max(count, 1e-12)  # a pass of padding rows still runs (collectives) but counts ~0
+            local += weight
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + weight * float(v)
+        return {k: v / local for k, v in sums.items()}
+
+    def _train_epochs(
+        self, data: TensorDict, mask_key: str, loss_fn, agg: str | None = None
+    ) -> dict[str, float]:
+        """``ppo_epochs`` passes over ``num_mini_batches``, one optimizer step per mini-batch;
+        ``loss_fn(mb, mask) -> (loss, metrics)`` with ``agg`` its aggregation (default ``loss_agg``)."""
         cfg = self.algo_cfg
         self.model.train()
         stats: dict[str, list[float]] = {}
         for _ in range(cfg.ppo_epochs):
             for mb in micro_batches(data, cfg.num_mini_batches):
-                mb = trim_padding(mb)
-                mask = mb[mask_key].to(self.device)
-                scale = mask.float().sum().item() / max(self._global_count(mask), 1.0) * self.world_size
-                loss, metrics = loss_fn(mb, mask)
-                metrics["grad_norm"] = self._step(loss * scale)
+                metrics = self._accumulate(trim_padding(mb), mask_key, loss_fn, agg or cfg.loss_agg)
+                metrics["grad_norm"] = self._apply_gradients()
                 for k, v in metrics.items():
                     stats.setdefault(k, []).append(v)
         return {f"{self.role}/{k}": sum(v) / len(v) for k, v in stats.items()}
@@ -320,10 +373,7 @@ class ActorWorker(FSDPWorker):
     @torch.no_grad()
     def compute_logprobs(self, data: TensorDict) -> torch.Tensor:
         self.model.eval()
-        full_len = data["input_ids"].shape[1]
-        data = trim_padding(data)
-        out = self._logprobs(data)[0].cpu()
-        return torch.nn.functional.pad(out, (0, full_len - out.shape[1]))
+        return self._per_pass(data, lambda chunk: self._logprobs(chunk)[0].cpu())
 
     def update_policy(self, data: TensorDict, kl_coef: float = 0.0) -> dict[str, float]:
         """PPO epochs over mini-batches: clipped surrogate, optional entropy bonus and KL in the loss."""
@@ -358,13 +408,13 @@ class ActorWorker(FSDPWorker):
         """One supervised step: mean negative log-likelihood of the action tokens (assistant turns)."""
         self.set_lr(lr)
         self.model.train()
-        data = trim_padding(data)
-        mask = data["action_mask"].to(self.device)
-        scale = mask.float().sum().item() / max(self._global_count(mask), 1.0) * self.world_size
-        logprobs = self._logprobs(data)[0]
-        nll = -masked_mean(logprobs, mask)
-        grad_norm = self._step(nll * scale)
-        return {"sft/nll": float(nll), "sft/grad_norm": grad_norm}
+
+        def loss_fn(chunk: TensorDict, mask: torch.Tensor):
+            nll = -masked_mean(self._logprobs(chunk)[0], mask)
+            return nll, {"nll": float(nll)}
+
+        metrics = self._accumulate(trim_padding(data), "action_mask", loss_fn, "token-mean")
+        return {"sft/nll": metrics["nll"], "sft/grad_norm": self._apply_gradients()}
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -388,6 +438,7 @@ class CriticWorker(FSDPWorker):
     """Value model: the policy's backbone with a scalar head, V(state after token t) at every t."""
 
     role = "critic"
+    vocab_logits = False
 
     def _build_model(self) -> torch.nn.Module:
         from transformers import AutoModelForTokenClassification
@@ -410,10 +461,7 @@ class CriticWorker(FSDPWorker):
     @torch.no_grad()
     def compute_values(self, data: TensorDict) -> torch.Tensor:
         self.model.eval()
-        full_len = data["input_ids"].shape[1]
-        data = trim_padding(data)
-        values = self._forward(data).logits[..., 0].float().cpu()
-        return torch.nn.functional.pad(values, (0, full_len - values.shape[1]))
+        return self._per_pass(data, lambda chunk: self._forward(chunk).logits[..., 0].float().cpu())
 
     def update_critic(self, data: TensorDict) -> dict[str, float]:
         """Clipped value regression to the estimator's returns where its ``value_mask`` is set."""
