@@ -128,3 +128,44 @@ def test_vllm_logprobs_match_the_actor_after_sync_full_and_lora(ray_cluster, smo
         assert synced < TOLERANCE, name
         actor.shutdown()
     ray.kill(rollout)
+
+
+def test_sft_steps_then_one_steptool_iteration_on_smollm2(smollm2, tmp_path):
+    """The whole loop on the real model: LoRA SFT steps, the merged weights synced to vLLM, one StepTool
+    iteration (actor, critic and reference under FSDP2), through ``python -m steprl.main``.
+
+    After the SFT sync the rollout engine must sample from the SFT policy: the first iteration's mean
+    |log p_vLLM - log p_actor| over the sampled action tokens stays within ``TOLERANCE``.
+    """
+    import os
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    args = [
+        "recipe=steptool", "model.path=smollm2-135m-instruct",
+        "model.lora_rank=8", "model.lora_alpha=16", "model.lora_targets=[q_proj,v_proj]",
+        "sft.num_demos=4", "sft.batch_size=2", "sft.lr=1e-3",
+        "trainer.total_iterations=1", "trainer.tasks_per_iteration=2", "rollout.group_size=2",
+        "data.test_tasks=2", "rollout.eval_samples=1", "rollout.max_response_tokens=160",
+        "rollout.gpu_memory_utilization=0.1",
+        "actor.world_size=1", "critic.world_size=1", "ref.world_size=1", f"trainer.run_dir={run_dir}",
+    ]  # fmt: skip
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "steprl.main", *args], capture_output=True, text=True, timeout=1500, env=env
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "tools in the system prompt" in proc.stdout + proc.stderr  # the template ignores `tools`: said
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    sft = [r["sft/nll"] for r in rows if "sft/nll" in r]
+    assert len(sft) == 2 and all(v == v and v > 0 for v in sft)  # two finite SFT steps
+    (it,) = [r for r in rows if "train/reward" in r]
+    for key in ("actor/pg_loss", "critic/vf_loss", "kl", "rollout/tokens_per_second"):
+        assert key in it, key
+    (diff_key,) = [k for k in it if k.endswith("rollout_vs_actor_logprob_diff")]
+    assert it[diff_key] < TOLERANCE, it[diff_key]
+    for ckpt in ("sft", "final"):
+        assert (run_dir / "checkpoints" / ckpt / "actor" / "config.json").exists()
