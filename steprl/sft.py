@@ -104,10 +104,11 @@ def conversation_trajectories(
 
 def file_conversations(fmt: str, path: str, on_error: str) -> list[tuple[str, list[dict[str, str]]]]:
     """(id, messages) of every instance of a StepTool SFT or RFT JSON file."""
-    from steprl.data.steptool_formats import read_rft_json, read_sft_json
+    from steprl.data.formats import load
 
-    reader = {"steptool_sft_json": read_sft_json, "steptool_rft_json": read_rft_json}[fmt]
-    return [(c.source_id, c.to_messages()) for c in reader(path, on_error=on_error)]  # type: ignore[arg-type]
+    if fmt not in ("steptool_sft_json", "steptool_rft_json"):
+        raise ValueError(f"{fmt!r} is not a conversation format (steptool_sft_json, steptool_rft_json)")
+    return [(c.source_id, c.to_messages()) for c in load(path, fmt, on_error)]  # type: ignore[arg-type]
 
 
 def sft_data(cfg: Any, suite: Suite, tokenizer: Any) -> tuple[list[Trajectory], str]:

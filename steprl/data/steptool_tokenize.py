@@ -1,6 +1,6 @@
 """Offline StepTool trajectories -> chat messages -> token ids, through the tokenizer's own chat template.
 
-The bridge between the published formats (read in :mod:`steprl.data.steptool_formats`) and training:
+The bridge between the published formats (read in :mod:`steprl.data.formats`) and training:
 each assistant turn becomes action tokens of its step, each tool result observation tokens, with the
 same prefix-stability check the live episodes use.
 """
@@ -13,14 +13,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from steprl.data.steptool_formats import (
-    ChatTemplateError,
-    FinishInfo,
-    OfflineStepTrajectory,
-    finish_info,
-    parse_react_turn,
-)
+from steprl.data.formats import FinishInfo, OfflineStepTrajectory, finish_info, parse_react_turn
 from steprl.protocol import StepRecord, Trajectory
+
+
+class ChatTemplateError(ValueError):
+    """The tokenizer's chat template is not prefix-stable, so turns cannot be cut into token deltas."""
 
 
 def to_messages(traj: OfflineStepTrajectory) -> list[dict[str, str]]:
