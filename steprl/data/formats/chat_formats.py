@@ -2,7 +2,8 @@
 
 Three formats: qwen2 (``<|im_start|>role\\n...<|im_end|>\\n``), llama3 (``<|start_header_id|>role
 <|end_header_id|>\\n\\n...<|eot_id|>``) and toolllama (``Role:\\n...\\n``). Each text is split into
-(role, content) pairs; a PPO CSV prompt segment ends with the open assistant header.
+(role, content) pairs; a PPO CSV prompt segment ends with the open assistant header. ``render_segment``
+writes messages back (tool results under the published role name ``function``).
 """
 
 from __future__ import annotations
@@ -73,13 +74,34 @@ class ChatFormat:
     name: str
     split: Callable[[str], list[tuple[str, str]]]
     turn_ends: tuple[str, ...]  # end-of-turn markers after an assistant turn, longest first
+    message: str  # how one closed message is written: {role} and {content}
+    roles: dict[str, str]  # normalized role -> the role name written in the files
 
 
+_LOWER_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "function"}
+_PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Function"}
 FORMATS = {
-    "qwen2": ChatFormat("qwen2", _split_qwen2, ("<|im_end|>\n", "<|im_end|>")),
-    "llama3": ChatFormat("llama3", _split_llama3, ("<|eot_id|>",)),
-    "toolllama": ChatFormat("toolllama", split_plain, ("\n",)),
-}
+    "qwen2": ChatFormat(
+        "qwen2", _split_qwen2, ("<|im_end|>\n", "<|im_end|>"), "<|im_start|>{role}\n{content}<|im_end|>\n",
+        _LOWER_ROLES,
+    ),
+    "llama3": ChatFormat(
+        "llama3", _split_llama3, ("<|eot_id|>",), "<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>",
+        _LOWER_ROLES,
+    ),
+    "toolllama": ChatFormat("toolllama", split_plain, ("\n",), "{role}:\n{content}\n", _PLAIN_ROLES),
+}  # fmt: skip
+
+
+def render_segment(messages: list[ChatMessage], fmt: ChatFormat) -> str:
+    """A PPO CSV prompt segment: ``messages`` closed, then the open assistant header."""
+    body = "".join(fmt.message.format(role=fmt.roles[m.role], content=m.content) for m in messages)
+    return body + fmt.message.split("{content}")[0].format(role=fmt.roles["assistant"])
+
+
+def render_turn(turn: str, fmt: ChatFormat) -> str:
+    """A PPO CSV response cell: the assistant turn and the format's end-of-turn marker."""
+    return turn + fmt.turn_ends[0]
 
 
 def canonical_format(chat_format: str) -> str:

@@ -1,11 +1,17 @@
 """The ETO/DPO pairs CSV: tab-separated ``prompt``/``chosen``/``rejected`` plain text (quoted,
 multi-line); the prompt is a ToolLLaMA-style transcript ending in an open ``Assistant: `` turn.
+
+A transcript may hold later ``User:`` messages (a conversation's follow-up turns); they stay user
+messages of ``prompt_messages``, and the tokenizer bridge makes them observations.
 """
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from steprl.data.formats.chat_formats import split_plain
 from steprl.data.formats.common import (
@@ -57,3 +63,33 @@ def read_eto_pairs_csv(path: str | Path, on_error: OnError = "skip") -> Records[
             continue
         out.run(line, lambda c=cells, ln=line: _parse_pair(c, ln))
     return out.out
+
+
+_PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Function"}
+
+
+def plain_transcript(messages: list[dict[str, Any]]) -> str:
+    """The ETO prompt text of a chat: ``Role: content`` lines, then the open ``Assistant: `` turn."""
+    return "\n".join(f"{_PLAIN_ROLES[m['role']]}: {m['content']}" for m in messages) + "\nAssistant: "
+
+
+def preference_pair(messages: list[dict[str, Any]], chosen: str, rejected: str) -> PreferencePair:
+    """An ETO pair for the assistant turn after ``messages``; ValueError when the transcript would not
+    read back as these messages (a message holding a line such as ``User: ...``)."""
+    prompt = plain_transcript(messages)
+    pair = _parse_pair({"prompt": prompt, "chosen": chosen, "rejected": rejected}, 0)
+    if [m.to_dict() for m in pair.prompt_messages] != [
+        {"role": m["role"], "content": m["content"]} for m in messages
+    ]:
+        raise ValueError("this chat does not survive the ETO transcript (a message holds a 'Role:' line)")
+    return pair
+
+
+def write_eto_pairs_csv(path: str | Path, pairs: Iterable[PreferencePair]) -> Path:
+    """Write pairs as an ETO/DPO pairs CSV (tab-separated, quoted as the published file is)."""
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f, delimiter="\t", lineterminator="\n")
+        out.writerow(ETO_COLUMNS)
+        out.writerows([p.prompt, p.chosen, p.rejected] for p in pairs)
+    return path

@@ -1,9 +1,16 @@
 """The SFT and RFT JSON files: ``{qid: {"cnt": n, "instances": [{"id", "conversations": [{"from",
 "value"}]}]}}``, one chat per instance (a DFS prefix of a solution path, ending with an assistant turn).
+
+A chat may hold later user messages: the DFS "previous trials failed" note after a tool result, or a
+conversation's follow-up user turn after an answer. The reader keeps them as they are; the tokenizer
+bridge (``steprl.chat.encode_conversation``) makes each an observation, and the assistant turn right
+before a follow-up a reply (``is_reply``) of its user turn, as the episode loop does.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,3 +82,37 @@ def read_sft_json(path: str | Path, on_error: OnError = "skip") -> Records[Conve
 def read_rft_json(path: str | Path, on_error: OnError = "skip") -> Records[Conversation]:
     """Read the RFT JSON: same layout as the SFT JSON (its tool results use both "function" and "tool")."""
     return _read_conversations(path, on_error)
+
+
+_FILE_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "function"}
+
+
+def conversation_from_chat(
+    messages: list[dict[str, Any]], source_id: str, query_id: str = ""
+) -> Conversation:
+    """A Conversation from role/content dicts (roles system/user/assistant/tool)."""
+    try:
+        chat = [ChatMessage(normalize_role(m["role"]), str(m["content"])) for m in messages]
+    except RecordError as e:
+        raise ValueError(str(e)) from None
+    if not any(m.role == "assistant" for m in chat):
+        raise ValueError(f"{source_id}: a conversation needs an assistant turn")
+    return Conversation(chat, source_id, query_id)
+
+
+def write_sft_json(path: str | Path, conversations: Iterable[Conversation]) -> Path:
+    """Write conversations as an SFT/RFT JSON file: instances grouped by ``query_id`` (the instance's
+    ``source_id`` when it has none), tool results under the published role name ``function``."""
+    doc: dict[str, dict[str, Any]] = {}
+    for conv in conversations:
+        entry = doc.setdefault(conv.query_id or conv.source_id, {"cnt": 0, "instances": []})
+        entry["instances"].append(
+            {
+                "id": conv.source_id,
+                "conversations": [{"from": _FILE_ROLES[m.role], "value": m.content} for m in conv.messages],
+            }
+        )
+        entry["cnt"] = len(entry["instances"])
+    path = Path(path)
+    path.write_text(json.dumps(doc, ensure_ascii=False, indent=2), encoding="utf-8")
+    return path
