@@ -112,6 +112,8 @@ def _parse_annotation(qid: str, d: Any, line: int) -> StepAnnotation:
         contrib.append([int(v) if v.is_integer() else v for v in c])
     statuses = [_status(v) for v in _samples(d.get("is_solved"), f"{where} is_solved")]
     tools = d.get("tool_names", [])
+    if not isinstance(tools, list):
+        raise RecordError(f"{where} tool_names is a {type(tools).__name__}, expected a list")
     return StepAnnotation(qid, query, list(tools), steps, final, succ, contrib, statuses, line)
 
 

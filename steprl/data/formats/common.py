@@ -149,10 +149,22 @@ def strings(values: list[Any], column: str) -> list[str]:
 def numbers(values: list[Any], column: str) -> list[float]:
     out = []
     for i, v in enumerate(values):
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise RecordError(f"{column}[{i}] = {v!r} is not a finite number")
+        try:
+            finite = not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
+        except OverflowError:  # an int too large for a float
+            finite = False
+        if not finite:
+            raise RecordError(f"{column}[{i}] = {_short(v)} is not a finite number")
         out.append(float(v))
     return out
+
+
+def _short(value: Any) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def require(d: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -178,8 +190,15 @@ def call_from_literal(text: str, where: str) -> ToolCallRecord:
 def call_from_dict(d: Any, where: str) -> ToolCallRecord:
     """A tool call from its stored object; non-text arguments and responses are kept as JSON text."""
     name = require(d, "name", str, where)
-    args = d.get("arguments", "")
-    args = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
-    resp = d.get("response", "")
-    resp = resp if isinstance(resp, str) else json.dumps(resp, ensure_ascii=False)
-    return ToolCallRecord(name, args, resp)
+    return ToolCallRecord(
+        name, _json_text(d.get("arguments", ""), where), _json_text(d.get("response", ""), where)
+    )
+
+
+def _json_text(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as e:  # sets, tuple keys, circular, deep
+        raise RecordError(f"{where}: a value that is not JSON ({type(e).__name__})") from None

@@ -30,8 +30,12 @@ FORMAT_NAMES = tuple(READERS)
 
 
 def _tsv_header(path: str | Path) -> list[str] | None:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        first = f.readline()
+    with open(path, "rb") as f:
+        raw = f.readline()
+    try:
+        first = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataFormatError(path, 1, f"not UTF-8 text: {e.reason}") from None
     if "\t" not in first:
         return None
     return [c.strip().strip('"') for c in first.rstrip("\r\n").split("\t")]

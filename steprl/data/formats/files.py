@@ -33,7 +33,7 @@ def _raise_csv_field_limit() -> None:
 def iter_tsv(path: str | Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str] | str]]:
     """Yield (start line, {column: cell}) for each row, or (line, error text) for a row of wrong width.
 
-    A bad header or a CSV syntax error stops the read (always raised).
+    A bad header, a CSV syntax error or text that is not UTF-8 stops the read (always raised).
     """
     _raise_csv_field_limit()
     with open(path, newline="", encoding="utf-8-sig") as f:
@@ -56,6 +56,8 @@ def iter_tsv(path: str | Path, required: tuple[str, ...]) -> Iterator[tuple[int,
                     yield line, dict(zip(header, row, strict=True))
         except csv.Error as e:
             raise DataFormatError(path, reader.line_num, f"CSV error: {e}") from None
+        except UnicodeDecodeError as e:
+            raise DataFormatError(path, reader.line_num + 1, f"not UTF-8 text: {e.reason}") from None
 
 
 def _skip_ws(text: str, i: int) -> int:
@@ -76,13 +78,22 @@ class _LineCounter:
         return self.line
 
 
+def read_text(path: str | Path) -> str:
+    """The file as text (a leading BOM dropped); bytes that are not UTF-8 are a DataFormatError."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataFormatError(path, raw.count(b"\n", 0, e.start) + 1, f"not UTF-8 text: {e.reason}") from None
+
+
 def iter_json_entries(path: str | Path) -> Iterator[tuple[str, Any, int]]:
     """Yield (key, value, line) for each entry of a top-level JSON object (key = index for an array).
 
     Decoding entry by entry gives every record its line; a syntax error stops the read (the rest
     of the file cannot be resynchronised) and is always raised.
     """
-    text = Path(path).read_text(encoding="utf-8-sig")
+    text = read_text(path)
     lines = _LineCounter(text)
     dec = json.JSONDecoder()
     i = _skip_ws(text, 0)
@@ -114,6 +125,12 @@ def iter_json_entries(path: str | Path) -> Iterator[tuple[str, Any, int]]:
                 raise DataFormatError(path, lines.at(i), f"expected ',' or {close!r}")
     except json.JSONDecodeError as e:
         raise DataFormatError(path, e.lineno, f"invalid JSON: {e.msg}") from None
+    except RecursionError:
+        raise DataFormatError(path, lines.at(i), "JSON nested too deeply to read") from None
+    except DataFormatError:
+        raise
+    except ValueError as e:  # e.g. an integer longer than sys.get_int_max_str_digits()
+        raise DataFormatError(path, lines.at(i), f"invalid JSON: {e}") from None
     if i >= len(text):
         raise DataFormatError(path, lines.at(i), f"unterminated top-level value: missing {close!r}")
     if _skip_ws(text, i + 1) != len(text):

@@ -5,7 +5,6 @@ query the tools offered and ``answer.answer_details``, a chain of nodes whose ``
 
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from steprl.data.formats.common import (
     Records,
     ToolCallRecord,
     call_from_dict,
+    call_from_literal,
     require,
 )
 from steprl.data.formats.files import iter_json_entries
@@ -54,13 +54,11 @@ def _chain_calls(roots: list[Any], where: str) -> list[ToolCallRecord]:
         role = require(node, "role", str, f"{where} node {depth}")
         if role == "tool":
             msg = node.get("message")
-            if isinstance(msg, str):
-                try:
-                    msg = ast.literal_eval(msg)
-                except (ValueError, SyntaxError):
-                    raise RecordError(f"{where} node {depth}: tool message is not a call") from None
-            calls.append(call_from_dict(msg, f"{where} node {depth}"))
+            at = f"{where} node {depth}"
+            calls.append(call_from_literal(msg, at) if isinstance(msg, str) else call_from_dict(msg, at))
         nodes = node.get("next") or []
+        if not isinstance(nodes, list):
+            raise RecordError(f"{where} node {depth}: 'next' is a {type(nodes).__name__}, expected a list")
         depth += 1
     return calls
 
@@ -70,12 +68,18 @@ def _parse_prediction(qid: str, d: Any, line: int) -> Prediction:
     query = require(d, "query", str, where)
     answer = require(d, "answer", dict, where)
     roots = require(answer, "answer_details", list, f"{where} answer")
+    tools = d.get("available_tools", [])
+    if not isinstance(tools, list):
+        raise RecordError(f"{where} available_tools is a {type(tools).__name__}, expected a list")
+    total = answer.get("total_steps", 0)
+    if isinstance(total, bool) or not isinstance(total, int):
+        raise RecordError(f"{where} answer total_steps is a {type(total).__name__}, expected an integer")
     return Prediction(
         query_id=qid,
         query=query,
-        available_tools=list(d.get("available_tools", [])),
+        available_tools=list(tools),
         method=str(answer.get("method", "")),
-        total_steps=int(answer.get("total_steps", 0)),
+        total_steps=total,
         final_answer=str(answer.get("final_answer", "")),
         calls=_chain_calls(roots, where),
         source_line=line,
