@@ -34,6 +34,7 @@ from steprl.data.formats.common import (
     RecordError,
     Records,
     literal_list,
+    normalize_role,
     numbers,
     strings,
 )
@@ -143,16 +144,20 @@ def offline_trajectory_from_chat(
     name = canonical_format(chat_format)
     if name == "auto":
         raise ValueError("name the chat format to write (qwen2, llama3, toolllama)")
-    first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
-    query = [ChatMessage(m["role"], m["content"]) for m in messages[:first]]
+    try:
+        chat = [ChatMessage(normalize_role(m["role"]), str(m["content"])) for m in messages]
+    except RecordError as e:
+        raise ValueError(str(e)) from None
+    first = next((i for i, m in enumerate(chat) if m.role == "assistant"), len(chat))
+    query = chat[:first]
     turns, observations, roles = [], [], []
-    for i in range(first, len(messages), 2):
-        if messages[i]["role"] != "assistant":
-            raise ValueError(f"message {i} is {messages[i]['role']!r}: one message between assistant turns")
-        turns.append(messages[i]["content"])
-        if i + 1 < len(messages):
-            observations.append(messages[i + 1]["content"])
-            roles.append(messages[i + 1]["role"])
+    for i in range(first, len(chat), 2):
+        if chat[i].role != "assistant":
+            raise ValueError(f"message {i} is {chat[i].role!r}: one message between assistant turns")
+        turns.append(chat[i].content)
+        if i + 1 < len(chat):
+            observations.append(chat[i + 1].content)
+            roles.append(chat[i + 1].role)
     if len(observations) >= len(turns):
         raise ValueError("a PPO CSV row ends with an assistant turn")
     if len(step_rewards) != len(turns):
@@ -171,7 +176,9 @@ def offline_trajectory_from_chat(
         check = _parse_ppo_row(cells, name, 0, "")
     except RecordError as e:
         raise ValueError(f"this chat does not survive the {name} format: {e}") from None
-    if (check.query_messages, check.turns, check.observations) != (query, turns, observations):
+    if (check.query_messages, check.turns, check.observations, check.observation_roles) != (
+        query, turns, observations, roles,
+    ):  # fmt: skip
         raise ValueError(f"this chat does not survive the {name} format (a message holds its markers)")
     return row
 
