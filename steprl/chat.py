@@ -333,6 +333,42 @@ class ChatEncoder:
         return traj
 
 
+def encode_conversation(tokenizer: Any, messages: list[dict[str, str]], task_id: str) -> Trajectory:
+    """A chat (system/user/assistant/tool messages) as a Trajectory, token in / token out.
+
+    The messages before the first assistant turn are the prompt; every assistant turn is one step's
+    action tokens (content + end of turn, what an engine generates); whatever comes between assistant
+    turns (tool results, a further user message) is an observation delta of the chat template. A chat
+    that ends with a non-assistant message ends with the generation prompt (an open assistant turn).
+    """
+    first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
+    enc = ChatEncoder(tokenizer, None, None)
+    history = list(messages[:first])
+    traj = Trajectory(
+        task_id=task_id, prompt_ids=enc.encode_text(enc.render(history, add_generation_prompt=True))
+    )
+    i = first
+    while i < len(messages):
+        k = traj.num_steps
+        content = messages[i]["content"]
+        traj.append(enc.action_ids(content), is_action=True, step=k)
+        history.append({"role": "assistant", "content": content})
+        i += 1
+        between = []
+        while i < len(messages) and messages[i]["role"] != "assistant":
+            between.append(messages[i])
+            i += 1
+        is_reply = bool(between) and all(m["role"] == "user" for m in between)
+        turn = sum(s.is_reply for s in traj.steps)
+        traj.steps.append(StepRecord(text=content, is_final=not between, turn=turn, is_reply=is_reply))
+        if between:
+            traj.steps[-1].observation = "\n".join(m["content"] for m in between)
+            traj.append(enc.observation_ids(history, between), is_action=False, step=k)
+            history.extend(between)
+    traj.done, traj.end_reason = True, "answer"
+    return traj
+
+
 def check_template(tokenizer: Any, tool_prompt: str = "auto") -> ChatEncoder:
     """Encode a probe episode (system, user, tool call, tool result, answer, follow-up user message)
     and raise TemplateError naming what the template cannot do; returns the encoder (``describe()``)."""

@@ -54,24 +54,13 @@ def _fail(key: str, path: str, problem: str) -> InputError:
 
 def check_data_file(fmt: str, path: str, on_error: str) -> int:
     """The number of records of ``path`` read as ``fmt``; none (or a parse error) is an error."""
-    from steprl.data.steptool_formats import (
-        read_eto_pairs_csv,
-        read_rft_json,
-        read_sft_json,
-        read_steptool_ppo_csv,
-    )
+    from steprl.data.formats import load
 
-    readers = {
-        "steptool_sft_json": read_sft_json,
-        "steptool_rft_json": read_rft_json,
-        "steptool_eto_csv": read_eto_pairs_csv,
-        "steptool_csv": lambda p, on_error: read_steptool_ppo_csv(p, "auto", on_error),
-    }
     if not Path(path).expanduser().is_file():
         raise _fail("data.path", path, "no such file")
     try:
         with _quiet_readers():
-            records = readers[fmt](str(Path(path).expanduser()), on_error=on_error)
+            records = load(str(Path(path).expanduser()), fmt, on_error)  # type: ignore[arg-type]
     except (ValueError, OSError, UnicodeDecodeError, RecursionError) as e:
         raise _fail("data.path", path, f"not a {fmt} file ({_one_line(e)})") from e
     if not records:

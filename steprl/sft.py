@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from steprl.chat import ChatEncoder
+from steprl.chat import ChatEncoder, encode_conversation
 from steprl.modeling import TensorDict
-from steprl.protocol import StepRecord, Trajectory, collate
+from steprl.protocol import Trajectory, collate
 from tools_env.suite import Suite, Task
 
 SFT_LOSS_ON = ("all", "last")
@@ -51,42 +51,6 @@ def sft_tensors(trajs: list[Trajectory], pad_id: int, loss_on: str = "all") -> T
     return {"input_ids": b.input_ids, "attention_mask": b.attention_mask, "action_mask": mask}
 
 
-def encode_conversation(tokenizer: Any, messages: list[dict[str, str]], task_id: str) -> Trajectory:
-    """A chat (system/user/assistant/tool messages) as a Trajectory, token in / token out.
-
-    The messages before the first assistant turn are the prompt; every assistant turn is one step's
-    action tokens (content + end of turn, what an engine generates); whatever comes between assistant
-    turns (tool results, a further user message) is an observation delta of the chat template. A chat
-    that ends with a non-assistant message ends with the generation prompt (an open assistant turn).
-    """
-    first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
-    enc = ChatEncoder(tokenizer, None, None)
-    history = list(messages[:first])
-    traj = Trajectory(
-        task_id=task_id, prompt_ids=enc.encode_text(enc.render(history, add_generation_prompt=True))
-    )
-    i = first
-    while i < len(messages):
-        k = traj.num_steps
-        content = messages[i]["content"]
-        traj.append(enc.action_ids(content), is_action=True, step=k)
-        history.append({"role": "assistant", "content": content})
-        i += 1
-        between = []
-        while i < len(messages) and messages[i]["role"] != "assistant":
-            between.append(messages[i])
-            i += 1
-        is_reply = bool(between) and all(m["role"] == "user" for m in between)
-        turn = sum(s.is_reply for s in traj.steps)
-        traj.steps.append(StepRecord(text=content, is_final=not between, turn=turn, is_reply=is_reply))
-        if between:
-            traj.steps[-1].observation = "\n".join(m["content"] for m in between)
-            traj.append(enc.observation_ids(history, between), is_action=False, step=k)
-            history.extend(between)
-    traj.done, traj.end_reason = True, "answer"
-    return traj
-
-
 def conversation_trajectories(
     messages_list: list[tuple[str, list[dict[str, str]]]], tokenizer: Any, max_length: int
 ) -> tuple[list[Trajectory], int]:
@@ -104,10 +68,11 @@ def conversation_trajectories(
 
 def file_conversations(fmt: str, path: str, on_error: str) -> list[tuple[str, list[dict[str, str]]]]:
     """(id, messages) of every instance of a StepTool SFT or RFT JSON file."""
-    from steprl.data.steptool_formats import read_rft_json, read_sft_json
+    from steprl.data.formats import load
 
-    reader = {"steptool_sft_json": read_sft_json, "steptool_rft_json": read_rft_json}[fmt]
-    return [(c.source_id, c.to_messages()) for c in reader(path, on_error=on_error)]  # type: ignore[arg-type]
+    if fmt not in ("steptool_sft_json", "steptool_rft_json"):
+        raise ValueError(f"{fmt!r} is not a conversation format (steptool_sft_json, steptool_rft_json)")
+    return [(c.source_id, c.to_messages()) for c in load(path, fmt, on_error)]  # type: ignore[arg-type]
 
 
 def sft_data(cfg: Any, suite: Suite, tokenizer: Any) -> tuple[list[Trajectory], str]:

@@ -439,3 +439,59 @@ def test_codetool_search_follows_the_best_candidate(math_worker, tokenizer):
         assert first["chosen"] == 1  # on-the-spot 1 + latent 0.9 beats 0 + 0.1
         assert traj.steps[0].succ_calling == 1.0 and traj.final_answer == f"The answer is {task.answer}."
         assert traj.end_reason == "answer"
+
+
+# ============================================================================ conversations
+
+
+def _conversation(rewards: list[float], kinds: list[str], is_solved: float) -> Trajectory:
+    """A scored episode with the given step kinds (tool / reply / final) and step rewards."""
+    steps, turn = [], 0
+    for r, kind in zip(rewards, kinds, strict=True):
+        steps.append(
+            StepRecord(text=kind, is_final=kind == "final", is_reply=kind == "reply", reward=r, turn=turn)
+        )
+        turn += kind == "reply"
+    return Trajectory(task_id="convo", prompt_ids=[1], steps=steps, is_solved=is_solved)
+
+
+def test_trice_scores_count_replies_as_answers_not_tool_steps():
+    """A reply answers its user turn: it counts with IsSolved, never in the tool-step tie-break."""
+    from steprl.methods.trice import trice_scores
+
+    kinds = ["tool", "reply", "tool", "final"]  # a 2-turn conversation: call, answer, call, final answer
+    right = _conversation([0.75, 1.0, 0.5, 1.0], kinds, 1.0)  # both turns answered right
+    first_only = _conversation([0.5, 1.0, 0.25, 0.0], kinds, 0.0)  # turn 0 right, the final answer wrong
+    good_calls = _conversation([1.0, 0.0, 1.0, 0.0], kinds, 0.0)  # better calls, both answers wrong
+    cut = _conversation([1.0, 1.0], ["tool", "reply"], 0.0)  # the budget ended it after turn 0's reply
+    got = trice_scores([right, first_only, good_calls, cut], 0.1)
+    # by hand: IsSolved + the replies' rewards + 0.1 * mean(tool-step rewards)
+    want = [
+        1 + 1 + 0.1 * (0.75 + 0.5) / 2,
+        0 + 1 + 0.1 * (0.5 + 0.25) / 2,
+        0 + 0 + 0.1 * 1.0,
+        0 + 1 + 0.1 * 1.0,
+    ]
+    assert got == pytest.approx([2.0625, 1.0375, 0.1, 1.1]) and got == pytest.approx(want)
+    assert sorted(range(4), key=lambda i: -got[i]) == [0, 3, 1, 2]
+    # reading every non-final step as a tool step (the old score) ranked the better calls above the
+    # candidate that answered its first turn right: 0.1 * 2/3 > 0.1 * 1.75/3
+    old = [
+        t.is_solved + 0.1 * sum(s.reward for s in t.steps if not s.is_final) / 3
+        for t in (first_only, good_calls)
+    ]
+    assert old[1] > old[0] and got[1] > got[2]
+    # a single question is unchanged: IsSolved + w * mean(tool-step rewards)
+    single = _conversation([0.5, 1.0, 0.5], ["tool", "tool", "final"], 0.5)
+    assert trice_scores([single], 0.2) == pytest.approx([0.5 + 0.2 * 0.75])
+
+
+def test_codetool_a_reply_is_an_answer_on_the_spot():
+    """In a conversation the search must be able to answer a turn: a reply runs no code and scores 1,
+    like the final answer, so it is not beaten by any tool call that merely ran."""
+    reply = StepRecord(text="It is 5.", is_reply=True)
+    assert C.on_the_spot_reward(reply) == 1.0
+    assert C.on_the_spot_reward(StepRecord(text="", is_reply=True, parse_error="cut")) == 0.0
+    call_ran = StepRecord(text="", succ_calling=1.0)
+    spots = [C.on_the_spot_reward(s) for s in (call_ran, reply)]
+    assert C.select_best(spots, [0.2, 0.6]) == 1  # totals 1.2 and 1.6: the latent reward decides

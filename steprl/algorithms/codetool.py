@@ -1,7 +1,8 @@
 """CodeTool (process supervision for code-based tool invocation): the pure pieces.
 
 * **On-the-spot reward** of a step: 1 if its code ran without error (SuccCalling of a code step),
-  1 for a final answer, 0 for a step that did not parse or was cut by the token budget.
+  1 for an answer (the final one, or in a conversation a reply to an earlier user turn: it runs no
+  code), 0 for a step that did not parse or was cut by the token budget.
 * **Latent reward** of a step: a process reward model's estimate of the step's potential,
   ``P(yes)`` for "the step ending the context has more potential" (``steprl.prm``).
 * **Potential labels** from an exploration tree (depth D, n samples per node, every leaf completed
@@ -22,11 +23,11 @@ POTENTIALS = ("soft", "hard")
 
 
 def on_the_spot_reward(step: StepRecord) -> float:
-    """1 if the step's code executed without error (or it answered), 0 if it failed, did not parse or
-    was cut."""
+    """1 if the step's code executed without error (or it answered: the final answer or a reply), 0 if it
+    failed, did not parse or was cut."""
     if step.parse_error:
         return 0.0
-    if step.is_final:
+    if step.is_final or step.is_reply:
         return 1.0
     return float(step.succ_calling)
 

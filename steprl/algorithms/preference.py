@@ -14,6 +14,8 @@ never enters a loss.
 
       p_i = sum_t log pi(y_i,t) / |y_i|**length_penalty
       L   = alpha * sum_{score_i < score_j} max(0, p_i - p_j) + NLL(best candidate)
+
+  with ``score_i`` from :func:`candidate_scores` (the answers decide, tool calls break ties).
 """
 
 from __future__ import annotations
@@ -167,20 +169,29 @@ def trice_loss(
 
 
 def candidate_scores(
-    is_solved: Sequence[float], tool_step_rewards: Sequence[Sequence[float]], tie_break_weight: float
+    is_solved: Sequence[float],
+    tool_step_rewards: Sequence[Sequence[float]],
+    tie_break_weight: float,
+    reply_rewards: Sequence[Sequence[float]] | None = None,
 ) -> list[float]:
-    """Execution-feedback score of each candidate: ``IsSolved + w * mean(tool-step rewards)``.
+    """Execution-feedback score of each candidate: ``IsSolved + sum(reply rewards) + w * mean(tool-step
+    rewards)``.
 
-    IsSolved (1 / 0.5 / 0) decides; the mean shaped reward of the candidate's tool calls (each in
-    [0, 1]) breaks ties between candidates with the same IsSolved. With ``w < 0.5`` the order is
-    lexicographic (IsSolved first), since IsSolved values are 0.5 apart.
+    The answers decide: IsSolved (1 / 0.5 / 0) for the final answer and, in a conversation, each reply's
+    reward (the per-turn check ``TurnScore_u`` of an earlier user turn, what ``shape_conversation_rewards``
+    gives a reply step); a candidate that answered more user turns correctly ranks higher. The mean
+    shaped reward of the candidate's tool calls (each in [0, 1]) breaks ties. With ``w < 0.5`` the
+    order is lexicographic (answers first) whenever the answer scores are multiples of 0.5 (IsSolved
+    always is; so are 0/1 turn checks). Without replies (``reply_rewards`` None or empty) this is
+    ``IsSolved + w * mean(tool-step rewards)``.
     """
     if not 0.0 <= tie_break_weight < 0.5:
         raise ValueError(f"tie_break_weight must be in [0, 0.5), got {tie_break_weight}")
+    replies = reply_rewards if reply_rewards is not None else [[] for _ in is_solved]
     out = []
-    for solved, rewards in zip(is_solved, tool_step_rewards, strict=True):
+    for solved, rewards, answered in zip(is_solved, tool_step_rewards, replies, strict=True):
         mean = sum(rewards) / len(rewards) if rewards else 0.0
-        out.append(float(solved) + tie_break_weight * mean)
+        out.append(float(solved) + float(sum(answered)) + tie_break_weight * mean)
     return out
 
 

@@ -1,17 +1,10 @@
-"""Data readers and writers: the published StepTool formats and Parquet storage of trajectories."""
+"""Data readers and writers: the published StepTool formats (:mod:`steprl.data.formats`) and Parquet
+storage of trajectories."""
 
-from steprl.data.parquet_io import (
-    ParquetTrajectoryWriter,
-    iter_trajectories_parquet,
-    read_trajectories_parquet,
-    table_to_trajectories,
-    trajectories_to_table,
-    write_trajectories_parquet,
-)
-from steprl.data.steptool_formats import (
+from steprl.data.formats import (
     CHAT_FORMATS,
+    FORMAT_NAMES,
     ChatMessage,
-    ChatTemplateError,
     Conversation,
     DataFormatError,
     FinishInfo,
@@ -23,9 +16,11 @@ from steprl.data.steptool_formats import (
     Records,
     StepAnnotation,
     ToolCallRecord,
+    detect,
     detect_chat_format,
     finish_info,
     is_final_turn,
+    load,
     normalize_role,
     parse_react_turn,
     read_eto_pairs_csv,
@@ -35,10 +30,19 @@ from steprl.data.steptool_formats import (
     read_sft_json,
     read_steptool_ppo_csv,
 )
-from steprl.data.steptool_tokenize import to_messages, tokenize_offline_trajectory
+from steprl.data.parquet_io import (
+    ParquetTrajectoryWriter,
+    iter_trajectories_parquet,
+    read_trajectories_parquet,
+    table_to_trajectories,
+    trajectories_to_table,
+    write_trajectories_parquet,
+)
+from steprl.data.steptool_tokenize import ChatTemplateError, to_messages, tokenize_offline_trajectory
 
 __all__ = [
     "CHAT_FORMATS",
+    "FORMAT_NAMES",
     "ChatMessage",
     "ChatTemplateError",
     "Conversation",
@@ -53,10 +57,12 @@ __all__ = [
     "Records",
     "StepAnnotation",
     "ToolCallRecord",
+    "detect",
     "detect_chat_format",
     "finish_info",
     "is_final_turn",
     "iter_trajectories_parquet",
+    "load",
     "normalize_role",
     "parse_react_turn",
     "read_eto_pairs_csv",

@@ -15,12 +15,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from steprl.data.steptool_formats import (
-    ChatTemplateError,
-    OnError,
-    read_steptool_ppo_csv,
-)
-from steprl.data.steptool_tokenize import tokenize_offline_trajectory
+from steprl.data.formats import OnError, read_steptool_ppo_csv
+from steprl.data.steptool_tokenize import ChatTemplateError, tokenize_offline_trajectory
 from steprl.protocol import Trajectory
 
 logger = logging.getLogger(__name__)

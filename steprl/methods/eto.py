@@ -32,7 +32,7 @@ def file_pairs(path: str, on_error: str, tokenizer) -> list[StepPair]:
     """The published ETO pairs CSV as token pairs: the prompt chat (ending in an open assistant turn)
     through the chat template, each response as the tokens an engine would generate (text + end of turn)."""
     from steprl.chat import ChatEncoder
-    from steprl.data.steptool_formats import read_eto_pairs_csv
+    from steprl.data.formats import read_eto_pairs_csv
 
     enc = ChatEncoder(tokenizer, None, None)
     out = []
