@@ -155,7 +155,7 @@ def test_the_same_numbers_as_the_argparse_command_line(tmp_path, case):
     assert eval_main([*_COMMON, *overrides, f"eval.output={out}"]) == 0
     got = json.loads(out.read_text())
     assert {k: got["meta"][k] for k in {**_OLD_META, **meta}} == {**_OLD_META, **meta}
-    assert got["aggregate"] == pytest.approx(aggregate)
+    assert got["aggregate"] == aggregate  # means over 4 tasks: exact in binary floating point
 
 
 # ---- every mode end to end: a subprocess with a tool server, DFSDT, compare, a run directory, a sweep --
