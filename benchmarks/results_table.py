@@ -254,12 +254,12 @@ def failure_modes(
             )
             path = analysis / f"{recipe}-seed{seed}.json"
             if not path.exists() and run_evals and model.is_dir():
-                cmd = [sys.executable, "-m", "steprl.eval", "--model", str(model), "--engine", "hf"]
-                cmd += ["--temperature", "1", "--num-tasks", str(setup.eval_tasks), "--seed", str(seed)]
-                cmd += ["--threads", "1", "--suite", suite, "--max-turns", str(setup.budget[0])]
-                cmd += ["--max-response-tokens", str(setup.budget[1])]
-                cmd += ["--max-tokens-per-turn", str(setup.budget[2])]
-                subprocess.run([*cmd, "--output", str(path)], cwd=REPO, capture_output=True, check=True)
+                cmd = [sys.executable, "-m", "steprl.eval", f"model.path={model}", "rollout.engine=hf"]
+                cmd += ["eval.temperature=1", f"eval.num_tasks={setup.eval_tasks}", f"data.seed={seed}"]
+                cmd += ["eval.threads=1", f"data.suite={suite}", f"rollout.max_turns={setup.budget[0]}"]
+                cmd += [f"rollout.max_response_tokens={setup.budget[1]}"]
+                cmd += [f"rollout.max_tokens_per_turn={setup.budget[2]}"]
+                subprocess.run([*cmd, f"eval.output={path}"], cwd=REPO, capture_output=True, check=True)
             if path.exists():
                 rows += json.loads(path.read_text())["rows"]
         if rows:

@@ -307,10 +307,38 @@ class StepRLConfig:
 
 
 DATA_FORMATS = ("suite", "steptool_sft_json", "steptool_rft_json", "steptool_eto_csv", "steptool_csv")
+DECODERS = ("cot", "dfsdt")  # steprl.evaluation: one path | depth-first search over candidate steps
 
 
-def register_configs() -> None:
-    ConfigStore.instance().store(name="base_config", node=StepRLConfig)
+@dataclass
+class EvalConfig:
+    """``python -m steprl.eval`` only; the model, tasks (data.suite, data.seed), engine, budgets and
+    reward are the training keys (docs/evaluation.md)."""
+
+    decoder: str = "cot"  # cot | dfsdt
+    split: str = "test"  # train | test tasks of data.suite, generated from data.seed
+    num_tasks: int = 64
+    temperature: float | None = None  # None: 0 (greedy) for cot, 1 for dfsdt
+    width: int = 2  # dfsdt: candidates per node
+    max_calls: int = 12  # dfsdt: model calls per task
+    grounding: bool = True  # dfsdt: reject an answer that shares nothing with a successful tool result
+    threads: int = 0  # torch threads of the engine; 0: all cores
+    output: str = ""  # results JSON; empty: <run>/eval/... for a run's checkpoint, else runs/eval/...
+    compare: list[str] = field(default_factory=list)  # [A.json, B.json]: win rate of A over B, no decoding
+    judge: str = "auto"  # compare: also through the judge reward source: auto (if configured) | on | off
+
+
+@dataclass
+class EvalRunConfig(StepRLConfig):
+    """What ``python -m steprl.eval`` composes: the training schema plus its ``eval`` section (training
+    has no ``eval`` key, so ``steprl.main eval.decoder=dfsdt`` is refused as unknown)."""
+
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def register_configs(schema: type[StepRLConfig] = StepRLConfig) -> None:
+    """The recipes' ``base_config``: the training schema, or :class:`EvalRunConfig` for ``steprl.eval``."""
+    ConfigStore.instance().store(name="base_config", node=schema)
 
 
 class ConfigError(ValueError):
@@ -347,14 +375,20 @@ def unknown_keys(cfg: Any, schema: type = StepRLConfig, prefix: str = "") -> lis
     return found
 
 
+def schema_of(cfg: Any) -> type:
+    """The dataclass a composed config was built from (:class:`StepRLConfig` or :class:`EvalRunConfig`)."""
+    kind = OmegaConf.get_type(cfg) if OmegaConf.is_config(cfg) else None
+    return kind if kind in _DATACLASSES.values() else StepRLConfig
+
+
 def check_known_keys(cfg: Any) -> None:
     """One line naming the first unknown key, with the closest known key when there is one."""
-    bad = unknown_keys(cfg)
+    schema: type = schema_of(cfg)
+    bad = unknown_keys(cfg, schema)
     if not bad:
         return
     key = bad[0]
     parts = key.split(".")
-    schema: type = StepRLConfig
     known_prefix: list[str] = []
     options: dict[str, Any] = {}
     for part in parts:  # the first segment the schema does not know, and the names it offers there
@@ -382,6 +416,6 @@ _DATACLASSES: dict[str, type] = {
     for cls in (
         StepRLConfig, ModelConfig, DataConfig, RolloutConfig, RewardConfig, AlgorithmConfig, WorkerConfig,
         OptimConfig, SFTConfig, RFTConfig, ETOConfig, TRICEConfig, ARPOConfig, ArcherConfig, CodeToolConfig,
-        TrainerConfig, RayConfig,
+        TrainerConfig, RayConfig, EvalConfig, EvalRunConfig,
     )
 }  # fmt: skip

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from steprl.config import (
     DATA_FORMATS,
+    DECODERS,
     AlgorithmConfig,
+    EvalConfig,
+    EvalRunConfig,
     RewardConfig,
     RolloutConfig,
     StepRLConfig,
@@ -80,6 +83,22 @@ def _check_rollout(r: RolloutConfig) -> None:
         ts in ("inprocess", "local") or ts.startswith(("http://", "https://")),
         "rollout.tool_server",
         f"must be inprocess, local or an http(s) URL, got {ts!r}",
+    )
+
+
+def _check_eval(e: EvalConfig) -> None:
+    _check(e.decoder in DECODERS, "eval.decoder", f"must be one of {list(DECODERS)}, got {e.decoder!r}")
+    _check(e.split in ("train", "test"), "eval.split", f"must be train or test, got {e.split!r}")
+    _check(e.num_tasks >= 1, "eval.num_tasks", f"must be >= 1, got {e.num_tasks}")
+    _check(e.temperature is None or e.temperature >= 0, "eval.temperature", "must be >= 0 (or null)")
+    _check(e.width >= 1, "eval.width", f"must be >= 1, got {e.width}")
+    _check(e.max_calls >= 1, "eval.max_calls", f"must be >= 1, got {e.max_calls}")
+    _check(e.threads >= 0, "eval.threads", "must be >= 0")
+    _check(e.judge in ("auto", "on", "off"), "eval.judge", f"must be auto, on or off, got {e.judge!r}")
+    _check(
+        len(e.compare) in (0, 2),
+        "eval.compare",
+        f"must name two results files ([A.json,B.json]), got {len(e.compare)}",
     )
 
 
@@ -199,3 +218,5 @@ def check_ranges(c: StepRLConfig) -> None:
     )
     tool_prompts = ("auto", "template", "system_prompt")
     _check(c.model.tool_prompt in tool_prompts, "model.tool_prompt", f"must be one of {list(tool_prompts)}")
+    if isinstance(c, EvalRunConfig):
+        _check_eval(c.eval)

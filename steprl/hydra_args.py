@@ -1,11 +1,13 @@
-"""Hydra command-line plumbing for ``steprl.main``: override strings, flags and the ``--help`` page.
+"""Hydra command-line plumbing for ``steprl.main`` and ``steprl.eval``: override strings, flags and the
+``--help`` page.
 
-Pure helpers on argument lists (no config is composed here), so ``steprl.main`` keeps only the flow:
-check every job, then hand the arguments to Hydra.
+Pure helpers on argument lists (no config is composed here), so the entry points keep only the flow:
+check every job, then run it (or hand the arguments to Hydra).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -34,7 +36,16 @@ def split_flags(args: list[str]) -> tuple[list[str], list[str]]:
     return flags, overrides
 
 
-def register_help(recipes_dir: Path, configs_dir: Path, default_recipe: str) -> None:
+@dataclass(frozen=True)
+class HelpPage:
+    """One program's ``--help`` page: its Hydra help config name, first line and examples."""
+
+    name: str  # the hydra/help option (and the program name Hydra shows)
+    usage: str
+    examples: tuple[str, ...]
+
+
+def register_help(page: HelpPage, recipes_dir: Path, configs_dir: Path, default_recipe: str) -> None:
     """``--help``: recipes, flags, config groups and the composed config (Hydra's help template)."""
     from hydra.core.config_store import ConfigStore
 
@@ -44,18 +55,16 @@ def register_help(recipes_dir: Path, configs_dir: Path, default_recipe: str) -> 
         for d in sorted(configs_dir.iterdir())
         if d.is_dir()
     )
+    examples = "".join(f"  {line}\n" for line in page.examples)
     template = (
-        "python -m steprl.main [recipe=<name>] [key=value ...]: train a recipe (README: Configuration)\n\n"
+        f"{page.usage}\n\n"
         f"== Recipes (recipe=<name>, default {default_recipe}) ==\n{recipes}\n\n"
         "== Flags ==\n$FLAGS_HELP\n"
         f"== Configuration groups (group=option) ==\n{groups}\n\n"
         "== Config (override any key: section.key=value) ==\n$CONFIG\n"
-        "Examples:\n"
-        "  python -m steprl.main recipe=grpo trainer.total_iterations=3 rollout=hf\n"
-        "  python -m steprl.main --cfg job algorithm.kl_coef=0.05      # the resolved config, no run\n"
-        "  python -m steprl.main -m trainer.seed=0,1,2                  # a sweep, one run dir per job\n"
+        f"Examples:\n{examples}"
         "A misspelled key, a wrong type or a value out of range fails before anything starts.\n"
         "Use --hydra-help for Hydra's own options (launchers, sweepers, logging).\n"
     )
-    node = {"app_name": "steprl", "header": "", "footer": "", "template": template}
-    ConfigStore.instance().store(group="hydra/help", name="steprl", node=node)
+    node = {"app_name": page.name, "header": "", "footer": "", "template": template}
+    ConfigStore.instance().store(group="hydra/help", name=page.name, node=node)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from steprl.checkpoint import CheckpointError, keep_completed_results, resolve_resume, run_completed
-from steprl.hydra_args import given_override, quote_override, register_help, split_flags
+from steprl.errors import UserError
+from steprl.hydra_args import HelpPage, given_override, quote_override, register_help, split_flags
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES_DIR = Path(os.environ.get("STEPRL_RECIPES", REPO / "recipes"))
@@ -30,10 +31,15 @@ DEFAULT_RECIPE = "steptool"
 # Hydra's own flags that show something and run nothing
 INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version")
 MULTIRUN_FLAGS = ("--multirun", "-m")
-
-
-class UserError(Exception):
-    """Bad input: reported as one line, before anything starts."""
+TRAIN_HELP = HelpPage(
+    name="steprl",
+    usage="python -m steprl.main [recipe=<name>] [key=value ...]: train a recipe (README: Configuration)",
+    examples=(
+        "python -m steprl.main recipe=grpo trainer.total_iterations=3 rollout=hf",
+        "python -m steprl.main --cfg job algorithm.kl_coef=0.05      # the resolved config, no run",
+        "python -m steprl.main -m trainer.seed=0,1,2                  # a sweep, one run dir per job",
+    ),
+)
 
 
 # ---- the config --------------------------------------------------------------------------------
@@ -54,15 +60,16 @@ def split_recipe(argv: list[str]) -> tuple[str, list[str]]:
     return recipe, rest
 
 
-def compose_config(recipe: str, overrides: list[str]):
-    """The composed DictConfig of ``recipes/<recipe>.yaml`` (+ groups in ``configs/``) and overrides."""
+def compose_config(recipe: str, overrides: list[str], schema: type | None = None):
+    """The composed DictConfig of ``recipes/<recipe>.yaml`` (+ groups in ``configs/``) and overrides,
+    over ``schema`` (default: the training schema; ``steprl.eval`` passes ``EvalRunConfig``)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from steprl.config import register_configs
+    from steprl.config import StepRLConfig, register_configs
 
-    register_configs()
+    register_configs(schema or StepRLConfig)
     try:
         with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base="1.3"):
             return compose(config_name=recipe, overrides=[*overrides, _searchpath()])
@@ -87,7 +94,7 @@ def _unparsable(overrides: list[str]) -> tuple[str, str] | None:
     return None
 
 
-def load_config(argv: list[str]):
+def load_config(argv: list[str], schema: type | None = None):
     """Compose and validate: ``(StepRLConfig, resolved YAML)``; a problem is one :class:`UserError` line."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -96,7 +103,7 @@ def load_config(argv: list[str]):
     from steprl.validation import validate
 
     recipe, overrides = split_recipe(argv)
-    cfg = compose_config(recipe, overrides)
+    cfg = compose_config(recipe, overrides, schema)
     _load_suites_yaml(OmegaConf.select(cfg, "data.suites_yaml", default=None))
     try:
         typed = validate(cfg)
@@ -363,18 +370,22 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
         raise UserError(f"config error: {_first_line(e)}") from e
 
 
-def _hydra(recipe: str, args: list[str]) -> int:
-    """Run the Hydra application ``python -m steprl.main`` on ``args`` (flags + overrides)."""
+def run_hydra(
+    recipe: str, args: list[str], task: Any = None, schema: type | None = None, page: HelpPage = TRAIN_HELP
+) -> int:
+    """Run a Hydra application over the recipes on ``args`` (flags + overrides): ``python -m steprl.main``
+    (``task`` = one training job), or only Hydra's --help / --cfg pages of ``steprl.eval`` (``schema``,
+    ``page``)."""
     import hydra
     from hydra.core.global_hydra import GlobalHydra
 
-    from steprl.config import register_configs
+    from steprl.config import StepRLConfig, register_configs
 
-    register_configs()
-    register_help(RECIPES_DIR, CONFIGS_DIR, DEFAULT_RECIPE)
+    register_configs(schema or StepRLConfig)
+    register_help(page, RECIPES_DIR, CONFIGS_DIR, DEFAULT_RECIPE)
     given = [a.split("=", 1)[0] for a in args]
     defaults = {  # Hydra writes nothing of its own into a run directory; steprl writes config.yaml
-        "hydra/help": "steprl",
+        "hydra/help": page.name,
         "hydra/job_logging": "none",
         "hydra.output_subdir": "null",
         "hydra.job.chdir": "false",
@@ -384,10 +395,10 @@ def _hydra(recipe: str, args: list[str]) -> int:
         ),
     }
     extra = [f"{k}={v}" for k, v in defaults.items() if k not in given]
-    app = hydra.main(config_path=str(RECIPES_DIR), config_name=recipe, version_base="1.3")(_task)
+    app = hydra.main(config_path=str(RECIPES_DIR), config_name=recipe, version_base="1.3")(task or _task)
     flags, overrides = split_flags(args)  # argparse takes the overrides as one run of positionals
     saved = sys.argv
-    sys.argv = [saved[0] if saved and saved[0] else "steprl.main", *flags, *overrides, *extra, _searchpath()]
+    sys.argv = [saved[0] if saved and saved[0] else page.name, *flags, *overrides, *extra, _searchpath()]
     GlobalHydra.instance().clear()
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # a crash in training: its whole traceback, raised
     try:
@@ -441,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe, rest = split_recipe(argv)
         if any(a in INFO_FLAGS for a in rest):
-            return _hydra(recipe, rest)  # --help, --hydra-help, --info ...: Hydra shows, nothing runs
+            return run_hydra(recipe, rest)  # --help, --hydra-help, --info ...: Hydra shows, nothing runs
         from hydra._internal.utils import get_args_parser
 
         args = get_args_parser().parse_args(rest)
@@ -454,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cfg:  # the resolved config, checked as a run would check it, and nothing else
             if not args.multirun:
                 load_config([f"recipe={recipe}", *overrides])
-            return _hydra(recipe, [*rest, *([] if args.resolve else ["--resolve"])])
+            return run_hydra(recipe, [*rest, *([] if args.resolve else ["--resolve"])])
         if args.multirun:
             jobs = sweep_jobs(overrides)
             if jobs is not None:
@@ -467,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
                     load_config([f"recipe={recipe}", *job_overrides])
                 for job_overrides in jobs:
                     _JOBS[_job_key(recipe, job_overrides)] = preflight(recipe, job_overrides, None)
-            return _hydra(recipe, rest)
+            return run_hydra(recipe, rest)
         run_dir = single_run_dir(recipe, overrides)
         job = preflight(recipe, overrides, run_dir)
         if run_completed(job.cfg.trainer.resume, run_dir, job.cfg.trainer.total_iterations):
@@ -475,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         _JOBS[_job_key(recipe, overrides)] = job
         args_out = [a for a in rest if given_override([a], "hydra.run.dir") is None]
-        return _hydra(recipe, [*args_out, f"hydra.run.dir={quote_override(str(run_dir))}"])
+        return run_hydra(recipe, [*args_out, f"hydra.run.dir={quote_override(str(run_dir))}"])
     except UserError as e:
         print(f"steprl: {e}", file=sys.stderr)
         return 2

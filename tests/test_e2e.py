@@ -1,5 +1,6 @@
-"""End to end on a real local Ray cluster: the default pipeline (vLLM), the transformers engine, and
-weight sync (after a sync, vLLM's log-probs for a sampled trajectory match the actor's)."""
+"""End to end on a real local Ray cluster: the default pipeline (vLLM, its own cluster, as a user runs
+it), the transformers engine and a critic-free recipe (each a ``python -m steprl.main`` joining the
+module's cluster with ``ray.address``, which spares a cluster start-up per run)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,13 @@ SMALL = [
     "sft.batch_size=16",
     "trainer.progress=true",
 ]
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_cluster) -> str:
+    import ray
+
+    return ray.get_runtime_context().gcs_address
 
 
 def _main(args: list[str], run_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -72,10 +80,11 @@ def test_default_pipeline_with_vllm(tmp_path):
     _check_run_dir(tmp_path / "run")
 
 
-def test_transformers_engine_and_kl_in_reward(tmp_path):
+def test_transformers_engine_and_kl_in_reward(tmp_path, cluster):
     _main(
         [
             *SMALL,
+            f"ray.address={cluster}",
             "rollout.engine=hf",
             "algorithm.kl_in=reward",
             "actor.world_size=1",
@@ -86,7 +95,9 @@ def test_transformers_engine_and_kl_in_reward(tmp_path):
     _check_run_dir(tmp_path / "run")
 
 
-def test_grpo_without_critic_through_a_local_tool_server(tmp_path):
-    """Critic-free recipe; episodes talk to a FastAPI tool server the controller starts on loopback."""
-    _main(["recipe=grpo", *SMALL, "rollout.engine=hf", "rollout.tool_server=local"], tmp_path / "run")
+def test_grpo_without_critic_through_a_local_tool_server(tmp_path, cluster):
+    """Critic-free recipe; episodes talk to a FastAPI tool server the controller starts on loopback.
+    One actor rank: the two-rank FSDP2 pipeline is the first test's."""
+    args = ["recipe=grpo", *SMALL, f"ray.address={cluster}", "rollout.engine=hf", "actor.world_size=1"]
+    _main([*args, "rollout.tool_server=local"], tmp_path / "run")
     _check_run_dir(tmp_path / "run", critic=False)

@@ -1,11 +1,10 @@
-"""Evaluation: golden metrics, the DFSDT decoder (scripted and on the embedded model), the CLI, win rates."""
+"""Evaluation: golden metrics and the DFSDT decoder (scripted and on the embedded model); the command line
+and win rates: tests/test_eval_cli.py."""
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,8 +12,6 @@ import torch
 from steprl.chat import ChatEncoder
 from steprl.engines.base import Generation, RolloutEngine
 from steprl.episode import EpisodeBudget
-from steprl.eval import main as eval_main
-from steprl.evaluation.compare import compare
 from steprl.evaluation.dfsdt import DFSDTConfig, answer_verdict, run_dfsdt
 from steprl.evaluation.metrics import aggregate, pass_rate, success_by_step_index, win_rate
 from steprl.protocol import StepRecord
@@ -265,154 +262,3 @@ def _search_until_budget_or_width(engine, env, enc, tasks, budget):
             assert all(not e["outcome"].startswith(("descend", "accepted")) for e in s["events"])
             score_trajectory(t, task, "rule", 1.0, True)
             assert t.is_solved in (0.0, 0.5, 1.0)
-
-
-# ---- the CLI ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_cli_end_to_end_then_compare(tmp_path, tiny_model_path, capsys):
-    out_a = tmp_path / "a.json"
-    small = ["--engine", "hf", "--num-tasks", "3", "--max-turns", "2", "--max-tokens-per-turn", "12",
-             "--max-response-tokens", "48", "--threads", "1"]  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, "-m", "steprl.eval", "--model", "embedded", *small, "--tool-server", "local",
-         "--output", str(out_a)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "pass rate" in proc.stdout and "tool-call success by index" in proc.stdout
-    res = json.loads(out_a.read_text())
-    assert res["meta"]["engine"] == "hf" and res["meta"]["decoder"] == "cot" and len(res["rows"]) == 3
-    assert res["meta"]["tool_server"] == "local"  # a FastAPI server in its own process, stopped at the end
-    rows = res["rows"]
-    assert res["aggregate"]["pass_rate"] == pytest.approx(sum(r["pass_score"] for r in rows) / 3)
-    assert res["aggregate"]["end_reasons"] == {
-        k: sum(r["end_reason"] == k for r in rows) for k in {r["end_reason"] for r in rows}
-    }
-    assert "pass rate" in out_a.with_suffix(".txt").read_text()
-
-    # DFSDT in-process through the same entry point, then the win rate of one over the other
-    out_b = tmp_path / "b.json"
-    assert eval_main(["--model", tiny_model_path, *small, "--decoder", "dfsdt", "--width", "2",
-                      "--max-calls", "3", "--output", str(out_b)]) == 0  # fmt: skip
-    b = json.loads(out_b.read_text())
-    assert all(r["search"]["model_calls"] <= 3 for r in b["rows"]) and "search" in b["aggregate"]
-    capsys.readouterr()
-    assert (
-        eval_main(
-            ["--compare", str(out_a), str(out_b), "--judge", "off", "--output", str(tmp_path / "c.json")]
-        )
-        == 0
-    )
-    assert "win rate of A over B" in capsys.readouterr().out
-    cmp = json.loads((tmp_path / "c.json").read_text())
-    w = win_rate(
-        {r["task_id"]: r["pass_score"] for r in rows}, {r["task_id"]: r["pass_score"] for r in b["rows"]}
-    )
-    assert cmp["pass"] == w.to_dict() and cmp["judge"] is None
-
-
-def _results(path, scores, questions=None, answers=None):
-    """A results file as steprl.eval writes it (the fields compare reads): one answer step per task."""
-    rows = []
-    for i, s in enumerate(scores):
-        q = (questions or {}).get(i, f"question {i}")
-        ans = (answers or {}).get(i, str(i))
-        rows.append({"task_id": f"t{i}", "pass_score": s, "final_answer": ans, "end_reason": "answer",
-                     "task": {"task_id": f"t{i}", "suite": "atlas", "question": q, "answer": "1", "meta": {}},
-                     "steps": [{"text": ans, "is_final": True}], "final_state": {}})  # fmt: skip
-    path.write_text(json.dumps({"meta": {}, "aggregate": {}, "rows": rows}))
-    return path
-
-
-def test_compare_uses_the_judge_only_when_registered_and_configured(tmp_path, monkeypatch, capsys):
-    from steprl.reward_sources import REWARD_SOURCES
-
-    a = _results(tmp_path / "a.json", [1.0, 0.0, 0.5, 1.0])
-    b = _results(tmp_path / "b.json", [0.0, 0.0, 1.0, 1.0], answers={0: "2", 2: "3"})
-    monkeypatch.delenv("STEPRL_JUDGE_URL", raising=False)
-    monkeypatch.delenv("STEPRL_JUDGE_MODEL", raising=False)
-    # the built-in judge without an endpoint: auto skips it (and says why), on refuses
-    plain = compare(a, b)
-    assert plain["judge"] is None and "not configured" in plain["judge_note"]
-    assert plain["pass"]["win_rate"] == pytest.approx((1 + 2 * 0.5) / 4)  # t0 win, t1 tie, t2 loss, t3 tie
-    assert eval_main(["--compare", str(a), str(b), "--judge", "on"]) == 2
-    assert "not configured" in capsys.readouterr().err
-    monkeypatch.delitem(REWARD_SOURCES, "judge", raising=False)
-    assert "not registered" in compare(a, b)["judge_note"]
-
-    def judge(traj, task):  # a stand-in judge: an even number in the answer is solved
-        return [], [], float(int(traj.final_answer) % 2 == 0)
-
-    monkeypatch.setitem(REWARD_SOURCES, "judge", judge)
-    judged = compare(a, b)
-    # A answers 0 1 2 3 -> judged 1 0 1 0; B answers 2 1 3 3 -> 1 0 0 0: tie, tie, win, tie
-    assert judged["judge"]["wins"] == 1 and judged["judge"]["ties"] == 3
-    assert judged["judge"]["win_rate"] == pytest.approx((1 + 3 * 0.5) / 4)
-    assert judged["judge"]["pass_rate_a"] == pytest.approx(0.5) and judged["judge"]["pass_rate_b"] == 0.25
-    assert compare(a, b, judge="off")["judge"] is None
-
-
-def test_compare_through_the_real_judge_source_on_a_loopback_endpoint(tmp_path):
-    """The built-in judge source against the fake OpenAI-compatible judge: the win rate is the one of the
-    judge's IsSolved computed independently through the reward pipeline."""
-    from steprl.config import RewardConfig
-    from steprl.evaluation.runner import row_trajectory
-    from steprl.reward_sources import RewardPipeline
-    from steprl.reward_sources.fake_judge import start_fake_judge
-
-    a = _results(tmp_path / "a.json", [1.0, 0.0, 0.5, 1.0, 0.0, 1.0])
-    b = _results(tmp_path / "b.json", [0.0] * 6, answers={i: str(10 + i) for i in range(6)})
-    with start_fake_judge() as server:
-        got = compare(a, b, "on", server.url, "fake-judge")
-        pipe = RewardPipeline(RewardConfig(source="judge", judge_url=server.url, judge_model="fake-judge"))
-        solved = {}
-        for name, path in (("a", a), ("b", b)):
-            pairs = [row_trajectory(r) for r in json.loads(path.read_text())["rows"]]
-            trajs = pipe.score([t for t, _ in pairs], [task for _, task in pairs])
-            solved[name] = {t.task_id: t.is_solved for t in trajs}
-    assert got["judge"] == {**win_rate(solved["a"], solved["b"]).to_dict(),
-                            "pass_rate_a": pytest.approx(sum(solved["a"].values()) / 6),
-                            "pass_rate_b": pytest.approx(sum(solved["b"].values()) / 6)}  # fmt: skip
-    assert server.state.requests > 0
-
-
-def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
-    a = _results(tmp_path / "a.json", [1.0])
-    other = _results(tmp_path / "o.json", [1.0], questions={0: "another question"})
-    (tmp_path / "bad.json").write_text("{not json")
-    cases = [
-        (["--model", str(tmp_path / "missing")], "does not exist"),
-        (["--model", str(tmp_path)], "no config.json"),
-        (["--suite", "nope"], "unknown task suite 'nope'"),
-        (["--split", "dev"], "invalid choice"),
-        (["--engine", "nope"], "unknown engine"),
-        (["--tool-format", "nope"], "unknown tool format"),
-        (["--reward-source", "nope"], "unknown reward source"),
-        (["--num-tasks", "0"], "--num-tasks must be >= 1"),
-        (["--width", "0"], "--width and --max-calls"),
-        (["--compare", str(a), str(tmp_path / "none.json")], "does not exist"),
-        (["--compare", str(a), str(tmp_path / "bad.json")], "is not JSON"),
-        (["--compare", str(a), str(other)], "different question"),
-    ]
-    for argv, message in cases:
-        assert eval_main(argv) == 2, argv
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and message in err, (argv, err)
-
-
-def test_a_run_directory_means_its_final_actor_and_results_go_under_the_run(tmp_path, tiny_model_path):
-    import shutil
-
-    from steprl.eval import default_output, resolve_checkpoint
-    from steprl.evaluation.runner import EvalSpec
-
-    actor = tmp_path / "run" / "checkpoints" / "final" / "actor"
-    shutil.copytree(tiny_model_path, actor)  # a real model directory (tokenizer and template are checked)
-    path = resolve_checkpoint(str(tmp_path / "run"))
-    assert path == str(actor.resolve())
-    spec = EvalSpec(
-        model_path=path, model=str(tmp_path / "run"), suite="atlas", split="test", decoder="dfsdt"
-    )
-    assert default_output(spec) == tmp_path / "run" / "eval" / "final-atlas-test-dfsdt.json"

@@ -13,13 +13,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from steprl.config import DECODERS
 from steprl.episode import EpisodeBudget
 from steprl.evaluation.dfsdt import DFSDTConfig, run_dfsdt
 from steprl.evaluation.metrics import aggregate, pass_label
 from steprl.protocol import StepRecord, Trajectory
 from tools_env.suite import Task, get_suite
-
-DECODERS = ("cot", "dfsdt")
 
 
 @dataclass
@@ -40,6 +39,8 @@ class EvalSpec:
     reward_source: str = "rule"
     alpha: float = 1.0
     dtype: str = "float32"
+    tool_prompt: str = "auto"  # model.tool_prompt: how tool schemas reach the prompt
+    attn_implementation: str = "sdpa"
     max_model_len: int = 1024
     gpu_memory_utilization: float = 0.3
     threads: int = 0  # torch threads of the engine; 0: all cores
@@ -60,7 +61,11 @@ def evaluate(spec: EvalSpec) -> dict[str, Any]:
 
         server = serve(host="127.0.0.1", port=0, background="process")
         url = server.client_url  # carries the server's random token
-    engine_kwargs: dict[str, Any] = {"dtype": spec.dtype, "seed": spec.seed}
+    engine_kwargs: dict[str, Any] = {
+        "dtype": spec.dtype,
+        "seed": spec.seed,
+        "attn_implementation": spec.attn_implementation,
+    }
     if spec.engine == "vllm":
         engine_kwargs.update(
             max_model_len=spec.max_model_len, gpu_memory_utilization=spec.gpu_memory_utilization
@@ -70,7 +75,7 @@ def evaluate(spec: EvalSpec) -> dict[str, Any]:
         t0 = time.time()
         worker = RolloutWorker(
             spec.model_path, spec.engine, engine_kwargs, spec.tool_format, url, [spec.suite], spec.budget,
-            threads=spec.threads or os.cpu_count() or 1,
+            threads=spec.threads or os.cpu_count() or 1, tool_prompt=spec.tool_prompt,
         )  # fmt: skip
         startup = time.time() - t0
         t1 = time.time()
