@@ -104,8 +104,10 @@ def _check_eval(e: EvalConfig) -> None:
 
 def _check_methods(c: StepRLConfig) -> None:
     """Ranges of the per-method sections (cross-field rules of a method live in its ``Method.check``)."""
-    _check(c.rft.epochs >= 1 and c.rft.batch_size >= 1, "rft", "epochs and batch_size must be >= 1")
-    _check(c.rft.lr > 0 and c.eto.lr > 0 and c.trice.lr > 0, "rft/eto/trice.lr", "must be > 0")
+    _check(c.rft.epochs >= 1, "rft.epochs", "must be >= 1")
+    _check(c.rft.batch_size >= 1, "rft.batch_size", "must be >= 1")
+    for section in ("rft", "eto", "trice"):
+        _check(getattr(c, section).lr > 0, f"{section}.lr", "must be > 0")
     _check(c.eto.beta > 0, "eto.beta", f"must be > 0, got {c.eto.beta}")
     _check(c.eto.pair_by in ("step_reward", "return"), "eto.pair_by", "must be step_reward or return")
     _check(c.eto.batch_size >= 1, "eto.batch_size", "must be >= 1")
@@ -126,27 +128,22 @@ def _check_methods(c: StepRLConfig) -> None:
     _check(c.arpo.attribution in ("soft", "hard"), "arpo.attribution", "must be soft or hard")
     _check(0.0 <= c.archer.gamma <= 1.0, "archer.gamma", f"must be in [0, 1], got {c.archer.gamma}")
     _check(0.0 < c.archer.tau <= 1.0, "archer.tau", f"must be in (0, 1], got {c.archer.tau}")
-    _check(c.archer.buffer_size >= c.archer.batch_size >= 1, "archer", "needs buffer_size >= batch_size >= 1")
-    _check(
-        c.archer.critic_updates >= 1 and c.archer.actor_warmup >= 0,
-        "archer",
-        "critic_updates >= 1, actor_warmup >= 0",
-    )
+    _check(c.archer.batch_size >= 1, "archer.batch_size", "must be >= 1")
+    _check(c.archer.buffer_size >= c.archer.batch_size, "archer.buffer_size", "must be >= archer.batch_size")
+    _check(c.archer.critic_updates >= 1, "archer.critic_updates", "must be >= 1")
+    _check(c.archer.actor_warmup >= 0, "archer.actor_warmup", "must be >= 0")
     ct = c.codetool
-    _check(
-        ct.tree_depth >= 1 and ct.tree_width >= 2,
-        "codetool",
-        "needs tree_depth >= 1 and tree_width >= 2 (siblings)",
-    )
-    _check(ct.completions >= 1 and ct.tree_tasks >= 1, "codetool", "completions and tree_tasks must be >= 1")
+    _check(ct.tree_depth >= 1, "codetool.tree_depth", "must be >= 1")
+    _check(ct.tree_width >= 2, "codetool.tree_width", "must be >= 2 (siblings)")
+    _check(ct.completions >= 1, "codetool.completions", "must be >= 1")
+    _check(ct.tree_tasks >= 1, "codetool.tree_tasks", "must be >= 1")
     _check(ct.potential in ("soft", "hard"), "codetool.potential", "must be soft or hard")
     _check(ct.outcome in ("solved", "return"), "codetool.outcome", "must be solved or return")
-    _check(
-        ct.search_candidates >= 1 and ct.search_depth >= 1, "codetool", "search_candidates/depth must be >= 1"
-    )
-    _check(
-        ct.prm_epochs >= 1 and ct.prm_lr > 0 and ct.prm_batch_size >= 1, "codetool.prm_*", "must be positive"
-    )
+    _check(ct.search_candidates >= 1, "codetool.search_candidates", "must be >= 1")
+    _check(ct.search_depth >= 1, "codetool.search_depth", "must be >= 1")
+    _check(ct.prm_epochs >= 1, "codetool.prm_epochs", "must be >= 1")
+    _check(ct.prm_lr > 0, "codetool.prm_lr", "must be > 0")
+    _check(ct.prm_batch_size >= 1, "codetool.prm_batch_size", "must be >= 1")
 
 
 def check_ranges(c: StepRLConfig) -> None:
@@ -186,13 +183,15 @@ def check_ranges(c: StepRLConfig) -> None:
     _check(c.sft.loss_on in ("all", "last"), "sft.loss_on", f"must be all or last, got {c.sft.loss_on!r}")
     _check(c.sft.max_length >= 2, "sft.max_length", "must be >= 2")
     _check(0.0 <= c.sft.suboptimal_share <= 1.0, "sft.suboptimal_share", "must be in [0, 1]")
-    _check(c.sft.batch_size >= 1 and c.sft.epochs >= 0, "sft", "batch_size must be >= 1 and epochs >= 0")
+    _check(c.sft.batch_size >= 1, "sft.batch_size", "must be >= 1")
+    _check(c.sft.epochs >= 0, "sft.epochs", "must be >= 0")
     _check(c.sft.lr > 0, "sft.lr", "must be > 0")
     _check_methods(c)
     t = c.trainer
     _check(t.total_iterations >= 0, "trainer.total_iterations", "must be >= 0")
     _check(t.tasks_per_iteration >= 1, "trainer.tasks_per_iteration", "must be >= 1")
-    _check(t.eval_every >= 0 and t.save_every >= 0, "trainer.eval_every/save_every", "must be >= 0")
+    _check(t.eval_every >= 0, "trainer.eval_every", "must be >= 0")
+    _check(t.save_every >= 0, "trainer.save_every", "must be >= 0")
     _check(bool(t.resume), "trainer.resume", "must be never, auto or a checkpoint directory")
     _check(t.max_worker_restarts >= 0, "trainer.max_worker_restarts", "must be >= 0")
     loggers = {"console", "jsonl", "tensorboard", "wandb"}
@@ -201,7 +200,8 @@ def check_ranges(c: StepRLConfig) -> None:
         "trainer.logger",
         f"must be a list of {sorted(loggers)}, got {list(t.logger)}",
     )
-    _check(c.optim.actor_lr > 0 and c.optim.critic_lr > 0, "optim", "learning rates must be > 0")
+    _check(c.optim.actor_lr > 0, "optim.actor_lr", "must be > 0")
+    _check(c.optim.critic_lr > 0, "optim.critic_lr", "must be > 0")
     _check(c.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
     _check(c.optim.grad_clip > 0, "optim.grad_clip", "must be > 0")
     _check(c.model.lora_rank >= 0, "model.lora_rank", "must be >= 0")
