@@ -9,13 +9,13 @@ import pytest
 
 from steprl.data import DataFormatError, detect, load, read_sft_json, read_steptool_ppo_csv
 from tests.test_data_formats import (
-    DATA_DIR,
     ETO_CHOSEN,
     ETO_PROMPT,
     ETO_REJECTED,
     _annotation_doc,
     _sft_doc,
     ppo_line,
+    published,  # noqa: F401, F811  (the shared fixture: the published files, skipped where absent)
     write_eto,
     write_ppo_csv,
 )
@@ -70,11 +70,9 @@ def test_detect_rejects_what_is_no_steptool_file(tmp_path: Path) -> None:
         ("data/model_predictions_converted/qwen2/G123_example.json", "steptool_predictions"),
     ],
 )
-def test_detect_the_published_files(rel: str, fmt: str) -> None:
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"published StepTool examples not found at {DATA_DIR}")
-    assert detect(DATA_DIR / rel) == fmt
-    assert load(DATA_DIR / rel, on_error="raise").stats.skipped == 0
+def test_detect_the_published_files(published: Path, rel: str, fmt: str) -> None:  # noqa: F811
+    assert detect(published / rel) == fmt
+    assert load(published / rel, on_error="raise").stats.skipped == 0
 
 
 def test_old_module_path_names_the_same_objects() -> None:
