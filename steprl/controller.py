@@ -379,7 +379,10 @@ class Controller:
         return reports.fault_metrics(self.rollout_pool, self.reward_pool, self.tool_server)
 
     def placement_report(self) -> dict[str, Any]:
-        return reports.placement_report(self.cfg.ray.placement, self.worker_handles())
+        """Nodes of the driver and every worker, and the weight-sync path that placement takes."""
+        report = reports.placement_report(self.cfg.ray.placement, self.worker_handles())
+        report["weight_sync"] = choose_mode(self.cfg.rollout.weight_sync, self.actor, self.rollout_workers)
+        return report
 
     def shutdown(self) -> None:
         if self.prefetch is not None:

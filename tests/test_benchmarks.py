@@ -110,3 +110,30 @@ def test_matmul_peak_is_a_plausible_rate():
     bench = _load("train_throughput")
     flops = bench.matmul_peak_flops(128, repeats=2, threads=1)
     assert 1e7 < flops < 1e13  # 2 n^3 over a measured time: between 10 MFLOP/s and 10 TFLOP/s
+
+
+def test_cost_growth_reads_a_run_by_hand(tmp_path):
+    """Mean seconds after the warm-up iteration, per episode, and stage shares of all timed seconds."""
+    cost = _load("cost_growth")
+    (tmp_path / "config.yaml").write_text("recipe: steptool\nmodel:\n  path: /models/tiny\n")
+    rows = [
+        {"step": 0, "eval/pass_rate": 0.5},
+        {"step": 1, "time/iteration": 99.0, "time/rollout": 90.0, "train/episodes": 16},  # warm-up
+        {"step": 2, "time/iteration": 10.0, "time/rollout": 4.0, "time/update": 5.0, "time/overhead": 1.0,
+         "train/episodes": 16},
+        {"step": 3, "time/iteration": 30.0, "time/rollout": 6.0, "time/update": 20.0, "time/sync": 4.0,
+         "train/episodes": 16},
+    ]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = cost.read_run(tmp_path)
+    assert got["model"] == "tiny" and got["episodes"] == 16 and got["iterations"] == 2
+    assert got["seconds"] == pytest.approx(20.0) and got["seconds_per_episode"] == pytest.approx(1.25)
+    assert got["shares"]["rollout"] == pytest.approx(10 / 40) and got["shares"]["update"] == pytest.approx(
+        25 / 40
+    )
+    assert got["shares"]["sync"] == pytest.approx(0.1) and got["shares"]["reward"] == 0.0
+    table = cost.render([got]).splitlines()
+    assert table[2] == "| tiny | steptool | 16 | 20.0 | 1.250 | 25 | 0 | 0 | 62 | 10 | 2 |"
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[1]) + "\n")
+    with pytest.raises(ValueError, match="need at least 2"):
+        cost.read_run(tmp_path)
