@@ -4,6 +4,7 @@ No Ray and no models here: every function takes tensors (or, for reward shaping,
 and is tested against hand-computed values and slow references in ``tests/``.
 """
 
+from steprl.algorithms import critic_free  # noqa: F401  (registers grpo, rloo, reinforce_pp)
 from steprl.algorithms.advantages import (
     ADVANTAGE_ESTIMATORS,
     AdvantageConfig,
