@@ -1,6 +1,6 @@
 """``relay``: an order-desk suite where step credit matters (long chains, flaky tools, give-ups).
 
-Each task carries its own small world (3-5 customers, 2-4 orders each) in ``Task.meta["world"]``;
+Each task carries its own small world (3-5 customers, 3-4 orders each) in ``Task.meta["world"]``;
 the agent finds a customer's id, lists or searches their orders (paginated), reads noisy order
 records, adds prices up and answers. Data flows from one call's output into the next call's input
 (name -> user id -> order ids -> prices -> sum -> answer). Tools fail the way real APIs do, each at
@@ -55,12 +55,12 @@ class RelayParams:
     other attempts (drawn from a hash of the task, the call and i), so retrying pays off.
     """
 
-    transient_rate: float = 0.2  # find_user, get_order: "503 unavailable, retry"
-    rate_limit_rate: float = 0.35  # search_orders: "429 rate limit, retry"
+    transient_rate: float = 0.1  # find_user, get_order: "503 unavailable, retry"
+    rate_limit_rate: float = 0.2  # search_orders: "429 rate limit, retry"
     page_size: int = 2  # list_orders: order ids per page
     unsolvable_share: float = 0.15  # share of tasks where giving up is the right answer
-    min_orders: int = 2
-    max_orders: int = 3  # orders per customer (with page_size 2: at most 2 pages)
+    min_orders: int = 3
+    max_orders: int = 4  # orders per customer (with page_size 2: 2 pages)
 
     def check(self) -> None:
         for name in ("transient_rate", "rate_limit_rate", "unsolvable_share"):
