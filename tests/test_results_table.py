@@ -90,7 +90,9 @@ def test_calibration_block_states_numbers_and_targets(tmp_path: Path):
     assert not on_target  # greedy 0.65 > 0.6
     assert "| tool-call success (held-out, T=1, 640 episodes) | 0.712 | 0.6-0.8: met |" in block
     assert "| greedy pass rate (640 tasks) | 0.650 | <= 0.6: NOT met |" in block
-    assert "transient_rate=0.1, rate_limit_rate=0.2" in block  # the suite parameters are recorded with the numbers
+    assert (
+        "transient_rate=0.1, rate_limit_rate=0.2" in block
+    )  # the suite parameters are recorded with the numbers
     _, on_target = rt.render_calibration({**summary, "greedy_pass_rate_after_rl": 0.5}, cfg, "relay", "cmd")
     assert on_target
     doc = tmp_path / "suites.md"
