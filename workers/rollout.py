@@ -110,7 +110,15 @@ class RolloutWorker:
         return fn(self, *args, **kwargs)
 
     def load_weights(self, weights_dir: str) -> float:
+        """Reload from the directory actor rank 0 wrote (``rollout.weight_sync=file``)."""
+        import glob
+
         t0 = time.time()
+        if not glob.glob(f"{glob.escape(weights_dir)}/*.safetensors"):
+            raise FileNotFoundError(
+                f"weight sync: no *.safetensors in {weights_dir} on this node (no file system shared with "
+                "actor rank 0?); set rollout.weight_sync=object_store (or auto)"
+            )
         self.engine.load_weights(weights_dir)
         return time.time() - t0
 
