@@ -191,16 +191,31 @@ def estimate(
         return from_steprl_output(compute_advantages(batch, full_values, cfg), values)
 
 
-def _discount(
-    config: Mapping[str, Any] | None, gamma: float | None, lam: float | None
-) -> tuple[float, float]:
-    """gamma and lambda: the explicit arguments, else verl's ``algorithm`` config (``config.gamma/lam``)."""
+def _from_verl(
+    verl_name: str,
+    estimator: str,
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    config: Mapping[str, Any] | None,
+    values: torch.Tensor | None,
+    step_index: torch.Tensor | None,
+    gamma: float | None,
+    lam: float | None,
+    **options: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One verl entry point: values and step index required; gamma and lambda the explicit arguments,
+    else verl's ``algorithm`` config (``config.gamma/lam``); then :func:`estimate`."""
+    if values is None or step_index is None:
+        raise ValueError(_NOT_PASSED.format(name=verl_name))
     if config is not None:
         gamma = config.get("gamma") if gamma is None else gamma
         lam = config.get("lam") if lam is None else lam
     if gamma is None or lam is None:
         raise ValueError("pass gamma and lam, or verl's algorithm config (which has both)")
-    return float(gamma), float(lam)
+    return estimate(
+        estimator, token_level_rewards, values, response_mask, step_index,
+        gamma=float(gamma), lam=float(lam), **options,
+    )  # fmt: skip
 
 
 def steprl_step_gae(
@@ -223,22 +238,10 @@ def steprl_step_gae(
 
     ``index`` (verl's group uids) and ``reward_baselines`` are accepted because verl passes them, and unused."""
     del index, reward_baselines
-    if values is None or step_index is None:
-        raise ValueError(_NOT_PASSED.format(name="steprl_step_gae"))
-    g, lam_ = _discount(config, gamma, lam)
-    return estimate(
-        "step_gae",
-        token_level_rewards,
-        values,
-        response_mask,
-        step_index,
-        gamma=g,
-        lam=lam_,
-        truncated=truncated,
-        whiten=whiten,
-        token_level_refine=token_level_refine,
-        token_lam=token_lam,
-    )
+    return _from_verl(
+        "steprl_step_gae", "step_gae", token_level_rewards, response_mask, config, values, step_index,
+        gamma, lam, truncated=truncated, whiten=whiten, token_level_refine=token_level_refine, token_lam=token_lam,
+    )  # fmt: skip
 
 
 def steprl_step_gae_compat(
@@ -260,20 +263,10 @@ def steprl_step_gae_compat(
 
     ``truncated`` is accepted for a uniform call and ignored, as the repository never bootstraps."""
     del index, reward_baselines
-    if values is None or step_index is None:
-        raise ValueError(_NOT_PASSED.format(name="steprl_step_gae_compat"))
-    g, lam_ = _discount(config, gamma, lam)
-    return estimate(
-        "steptool_compat",
-        token_level_rewards,
-        values,
-        response_mask,
-        step_index,
-        gamma=g,
-        lam=lam_,
-        truncated=truncated,
-        whiten=whiten,
-    )
+    return _from_verl(
+        "steprl_step_gae_compat", "steptool_compat", token_level_rewards, response_mask, config, values,
+        step_index, gamma, lam, truncated=truncated, whiten=whiten,
+    )  # fmt: skip
 
 
 _FUNCTIONS = {"steprl_step_gae": steprl_step_gae, "steprl_step_gae_compat": steprl_step_gae_compat}
