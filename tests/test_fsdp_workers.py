@@ -140,3 +140,23 @@ def test_lora_actor_exports_merged_weights(ray_cluster, tiny_model_path, tmp_pat
         )
     mask = data["action_mask"]  # log-probs are computed where they are used: the response (logits_to_keep)
     assert torch.allclose(exported[mask], after[mask], atol=1e-4)
+
+
+def test_the_critic_trains_without_dropout(tiny_model_path):
+    """Hugging Face's token-classification head (the critic) comes with a 0.1 dropout before the value
+    head; the workers turn every dropout off, so a training-mode forward equals the eval-mode values
+    that the clipped value loss compares it with."""
+    from transformers import AutoModelForTokenClassification
+
+    from workers.fsdp import without_dropout
+
+    model = AutoModelForTokenClassification.from_pretrained(tiny_model_path, num_labels=1)
+    torch.nn.init.normal_(model.score.weight)
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())  # as shipped
+    ids = torch.randint(10, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+    model.train()
+    assert not torch.equal(model(ids).logits, model(ids).logits)  # dropout active: two forwards differ
+    without_dropout(model).train()
+    train_values = model(ids).logits
+    assert torch.equal(train_values, model(ids).logits)
+    assert torch.allclose(train_values, model.eval()(ids).logits, atol=1e-6)

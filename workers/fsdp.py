@@ -71,7 +71,7 @@ class FSDPWorker:
             backend = "nccl" if self.worker_cfg.device == "cuda" else "gloo"
         dist.init_process_group(backend, rank=self.rank, world_size=self.world_size)
         torch.manual_seed(self.seed + self.rank)
-        self.model = self._build_model()
+        self.model = without_dropout(self._build_model())
         self._shard(self.model)
         self.optimizer = self._build_optimizer()
         self.micro_batch_tokens = self.worker_cfg.micro_batch_tokens or auto_micro_batch_tokens(
@@ -319,6 +319,17 @@ class FSDPWorker:
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def without_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Every dropout of ``model`` set to 0. The updates compare a training-mode forward with log-probs
+    and values taken in eval mode (the PPO ratio, the clipped value loss): a dropout makes them differ at
+    the first step. Hugging Face token-classification heads, the critic, put a 0.1 dropout before the
+    value head unless the config names another rate."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
 
 
 def write_safetensors(state: dict[str, torch.Tensor], directory: str) -> None:
