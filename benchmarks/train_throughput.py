@@ -24,6 +24,7 @@ dtype with all threads, before and after the updates (the better of the two on a
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -77,13 +78,24 @@ def model_shape(path: str) -> dict[str, int]:
     }
 
 
-def update_flops(shape: dict[str, int], data: dict[str, torch.Tensor], role: str) -> float:
-    """Useful FLOPs of one pass (forward + backward) over ``data`` by ``role`` (see the module docstring)."""
-    from steprl.modeling import first_used_column
+def update_flops(
+    shape: dict[str, int], data: dict[str, torch.Tensor], role: str, prefix_runs: int | None = None
+) -> float:
+    """Useful FLOPs of one pass (forward + backward) over ``data`` by ``role`` (see the module docstring).
+
+    ``prefix_runs``: with prefix sharing, how often the rows' shared prefix is actually computed (once
+    per forward pass on each rank) instead of once per row; those rows' prefix tokens are not counted.
+    """
+    from steprl.modeling import first_used_column, shared_prefix_length
 
     attn = data["attention_mask"].bool()
     tokens = int(attn.sum())
     ctx = float((attn.long().cumsum(-1) * attn).sum())  # sum over tokens of (t + 1)
+    if prefix_runs is not None:
+        prefix = shared_prefix_length(data["input_ids"], data["attention_mask"])
+        skipped = max(0, attn.shape[0] - prefix_runs)
+        tokens -= skipped * prefix
+        ctx -= skipped * prefix * (prefix + 1) / 2
     fwd = 2 * shape["body"] * tokens + 4 * shape["d_attn"] * shape["layers"] * ctx
     if role == "actor":
         start = first_used_column(data["action_mask"])
@@ -127,10 +139,11 @@ def measure(
     batch: int,
     updates: int,
     ppo_epochs: int,
+    share_prefix: bool = True,
 ) -> dict[str, Any]:
     """Seconds per update of ``role`` for one group shape (one warm-up update, then ``updates`` timed)."""
     from steprl.config import AlgorithmConfig, ModelConfig, OptimConfig, WorkerConfig
-    from steprl.modeling import auto_threads
+    from steprl.modeling import auto_threads, passes_needed, shard_rows, trim_padding
     from workers.fsdp import ActorWorker, CriticWorker
     from workers.group import WorkerGroup
 
@@ -138,7 +151,8 @@ def measure(
     t0 = time.perf_counter()
     group = WorkerGroup(
         cls, world_size, 0.5, 0, role, model_path=model_path, model_cfg=ModelConfig(path=model_path, dtype=dtype),
-        worker_cfg=WorkerConfig(world_size=world_size, threads=threads), optim_cfg=OptimConfig(),
+        worker_cfg=WorkerConfig(world_size=world_size, threads=threads, share_prefix=share_prefix),
+        optim_cfg=OptimConfig(),
         algo_cfg=AlgorithmConfig(ppo_epochs=ppo_epochs, num_mini_batches=1), seed=0,
     )  # fmt: skip
     startup = time.perf_counter() - t0
@@ -157,6 +171,7 @@ def measure(
             group.mean_metrics(method, data)
         seconds = (time.perf_counter() - t1) / updates
         memory = max(m["peak_mb"] for m in group.call_all("peak_memory_mb"))
+        micro = int(group.info[0]["micro_batch_tokens"])
     finally:
         group.shutdown()
     tokens = int(data["attention_mask"].sum()) * ppo_epochs
@@ -171,6 +186,9 @@ def measure(
         "tokens_per_s": tokens / seconds,
         "group_startup_s": round(startup, 1),
         "peak_mb_per_rank": round(memory),
+        "share_prefix": share_prefix,
+        # forward passes over the whole batch (each rank runs its shard in passes of micro_batch_tokens)
+        "passes": world_size * passes_needed(trim_padding(shard_rows(data, world_size)[0]), micro),
         "_data": data,
     }
 
@@ -208,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random-intermediate", type=int, default=1536)
     p.add_argument("--random-heads", type=int, default=8)
     p.add_argument("--shapes", default="1x0,2x0", help="ranks x threads per rank (0: cores / ranks)")
+    p.add_argument(
+        "--share-prefix", default="on,off", help="prefix sharing (worker share_prefix): on, off or both"
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -216,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     cpus = os.cpu_count() or 1
     dtypes = args.dtypes.split(",")
     peaks = {d: matmul_peak_flops(args.matmul_n, threads=cpus, dtype=d) for d in dtypes}  # before Ray starts
+    shares = [{"on": True, "off": False}[x] for x in args.share_prefix.split(",")]
     shapes = [(int(a), int(b)) for a, b in (x.split("x") for x in args.shapes.split(","))]
     results: list[dict[str, Any]] = []
     os.environ.update(TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
@@ -231,16 +253,26 @@ def main(argv: list[str] | None = None) -> int:
                 shape = model_shape(path)
                 for role in args.roles.split(","):
                     for ws, threads in shapes:
-                        for dtype in dtypes:
+                        for dtype, share in itertools.product(dtypes, shares):
                             r = measure(
-                                path, role, dtype, ws, threads, args.batch, args.updates, args.ppo_epochs
+                                path,
+                                role,
+                                dtype,
+                                ws,
+                                threads,
+                                args.batch,
+                                args.updates,
+                                args.ppo_epochs,
+                                share,
                             )
                             data = r.pop("_data")
-                            flops = update_flops(shape, data, role) * args.ppo_epochs
+                            runs = r["passes"] if share else None
+                            flops = update_flops(shape, data, role, runs) * args.ppo_epochs
                             r.update(model=model, params=shape["params"], flops_per_update=flops,
                                      flops_per_s=flops / r["seconds_per_update"])  # fmt: skip
                             results.append(r)
-                            print(f"  measured {model} {role} {dtype} {ws}x{r['threads_per_rank']}: "
+                            print(f"  measured {model} {role} {dtype} {ws}x{r['threads_per_rank']} "
+                                  f"prefix sharing {'on' if share else 'off'}: "
                                   f"{r['seconds_per_update']:.2f} s/update", flush=True)  # fmt: skip
     finally:
         ray.shutdown()
@@ -252,12 +284,21 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{d} {v / 1e9:.1f} GFLOP/s" for d, v in peaks.items()))  # fmt: skip
     print(f"\nFSDP2 updates through WorkerGroup (gloo), {args.batch} atlas episodes per update; share of the "
           "matmul peak of the dtype each runs in, measured in this run")  # fmt: skip
-    print(f"{'model':9} {'role':6} {'dtype':8} {'ranks':>5} {'thr':>3} {'tokens':>6} {'s/update':>8} "
+    print(f"{'model':9} {'role':6} {'dtype':8} {'ranks':>5} {'thr':>3} {'prefix':>6} {'tokens':>6} {'s/update':>8} "
           f"{'tokens/s':>8} {'GFLOP/s':>7} {'% peak':>6} {'MB/rank':>7}")  # fmt: skip
     for r in results:
         print(f"{r['model'][:9]:9} {r['role']:6} {r['dtype']:8} {r['world_size']:5d} {r['threads_per_rank']:3d} "
+              f"{'shared' if r['share_prefix'] else 'full':>6} "
               f"{r['tokens_per_update']:6d} {r['seconds_per_update']:8.2f} {r['tokens_per_s']:8.0f} "
               f"{r['flops_per_s'] / 1e9:7.2f} {100 * r['share_of_peak']:6.1f} {r['peak_mb_per_rank']:7d}")  # fmt: skip
+    speedups = [
+        (a, b) for a in results for b in results if a["share_prefix"] and not b["share_prefix"]
+        and all(a[k] == b[k] for k in ("model", "role", "dtype", "world_size", "threads_per_rank"))
+    ]  # fmt: skip
+    for a, b in speedups:
+        print(f"prefix sharing, {a['model']} {a['role']} {a['dtype']} {a['world_size']}x{a['threads_per_rank']}: "
+              f"{b['seconds_per_update'] / a['seconds_per_update']:.2f}x faster per update "
+              f"({b['seconds_per_update']:.2f} -> {a['seconds_per_update']:.2f} s)")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps({"peak_flops": peaks, "results": results}, indent=1))
     return 0

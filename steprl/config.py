@@ -151,6 +151,9 @@ class WorkerConfig:
     # several passes with gradient accumulation (same gradient). 0: auto, sized from the model config so
     # one pass's activations and logits stay under about 2 GiB (steprl.modeling.auto_micro_batch_tokens)
     micro_batch_tokens: int = 0
+    # run the prompt prefix every row of a pass shares (system prompt, tool schemas) once, its keys and
+    # values repeated along the batch (steprl.modeling.prefix_shared_forward); false: every row in full
+    share_prefix: bool = True
     num_cpus: float = 0.5
     num_gpus: float = 0.0
 

@@ -86,13 +86,17 @@ def auto_micro_batch_tokens(hf_config: Any, vocab_logits: bool, budget_bytes: in
     return max(1, budget_bytes // max(per_token, 1))
 
 
-def passes_needed(data: TensorDict, max_tokens: int) -> int:
-    """How many row chunks keep each pass at ``max_tokens`` (rows x width) or fewer, at least 1."""
+def passes_needed(data: TensorDict, max_tokens: int, shared_prefix: int = 0) -> int:
+    """How many row chunks keep each pass at ``max_tokens`` (rows x width) or fewer, at least 1. With a
+    ``shared_prefix`` computed once per pass (:func:`prefix_shared_forward`), a pass of ``k`` rows costs
+    ``shared_prefix + k x (width - shared_prefix)``."""
     rows = next(iter(data.values())).shape[0]
     width = max(
         (v[0].numel() for k, v in data.items() if k.endswith("input_ids") and v.dim() >= 2), default=1
     )
-    return max(1, min(rows, math.ceil(rows * width / max(max_tokens, 1))))
+    prefix = min(max(shared_prefix, 0), width - 1)
+    per_pass = max(1, (max(max_tokens, 1) - prefix) // (width - prefix)) if width > prefix else rows
+    return max(1, min(rows, math.ceil(rows / per_pass)))
 
 
 def micro_batches(data: TensorDict, num: int) -> list[TensorDict]:
@@ -109,3 +113,72 @@ def trim_padding(data: TensorDict) -> TensorDict:
         k: (v[:, :length] if v.dim() >= 2 and v.shape[1] == data["attention_mask"].shape[1] else v)
         for k, v in data.items()
     }
+
+
+def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """Columns at the start where every row holds the same attended token (the system prompt and tool
+    schemas every episode of a batch begins with). Rows attending to nothing (padding rows that even out
+    the ranks' shards) do not count; with fewer than two other rows nothing is shared."""
+    alive = attention_mask.bool().any(1)
+    if int(alive.sum()) < 2:
+        return 0
+    ids, mask = input_ids[alive], attention_mask[alive].bool()
+    same = (ids == ids[:1]).all(0) & mask.all(0)
+    differs = (~same).nonzero()
+    return int(differs[0]) if len(differs) else ids.shape[1]
+
+
+def prefix_shared_forward(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    keep_from: int | None = None,
+    min_prefix: int = 16,
+) -> torch.Tensor:
+    """The model's logits (``[B, L - keep_from, V]`` from column ``keep_from`` on, else ``[B, L, V]``),
+    with the rows' shared prefix run once instead of once per row.
+
+    Causal attention makes the prefix's keys and values the same in every row, so they are computed on
+    one row and repeated along the batch as the cache of the rest; the gradient reaches the prefix
+    through that cache, summed over rows. Same numbers as the plain forward up to float summation order
+    (``tests/test_prefix_sharing.py``). The plain forward when fewer than ``min_prefix`` tokens are shared.
+    """
+    from transformers import DynamicCache
+
+    width = input_ids.shape[1]
+    keep = {} if keep_from is None else {"logits_to_keep": width - keep_from}
+    prefix = shared_prefix_length(input_ids, attention_mask)
+    if keep_from is not None:
+        prefix = min(prefix, keep_from)  # every position asked for comes from the second pass
+    if prefix < min_prefix or prefix >= width:
+        return model(input_ids=input_ids, attention_mask=attention_mask, **keep).logits
+    alive = attention_mask.bool().any(1)
+    if not bool(alive.all()):  # padding rows see the prefix too: their outputs are never read
+        attention_mask = attention_mask.clone()
+        attention_mask[~alive, :prefix] = 1
+    first = int(alive.nonzero()[0])
+    cache = DynamicCache()  # filled in place (token-classification heads do not return it)
+    head = model(
+        input_ids=input_ids[first : first + 1, :prefix],
+        attention_mask=attention_mask[first : first + 1, :prefix],
+        past_key_values=cache,
+        use_cache=True,
+        **({} if keep_from is None else {"logits_to_keep": 1}),  # the prefix's logits are not read
+    )
+    if cache.get_seq_length() != prefix:
+        raise RuntimeError(
+            f"{type(model).__name__} did not fill the key/value cache: prefix sharing needs it"
+        )
+    cache.batch_repeat_interleave(input_ids.shape[0])
+    tail = model(
+        input_ids=input_ids[:, prefix:],
+        attention_mask=attention_mask,
+        past_key_values=cache,
+        use_cache=True,
+        **keep,
+    ).logits
+    if keep_from is not None:
+        # the prefix pass's output joins the graph (times 0) so that its backward runs through every
+        # layer's output: FSDP2 gathers a layer's parameters for backward there, not on the cache path
+        return tail + head.logits[..., :1].sum() * 0.0
+    return torch.cat([head.logits.expand(input_ids.shape[0], -1, -1), tail], dim=1)

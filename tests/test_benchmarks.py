@@ -80,7 +80,8 @@ def test_train_throughput_smoke(tmp_path):
     bench = _load("train_throughput")
     out = tmp_path / "train.json"
     assert bench.main(["--models", "embedded", "--shapes", "1x1", "--batch", "2", "--updates", "1", "--dtypes",
-                       "float32", "--roles", "actor,critic", "--matmul-n", "256", "--json", str(out)]) == 0  # fmt: skip
+                       "float32", "--roles", "actor,critic", "--matmul-n", "256", "--share-prefix", "on",
+                       "--json", str(out)]) == 0  # fmt: skip
     data = json.loads(out.read_text())
     actor, critic = data["results"]
     for r in (actor, critic):
@@ -88,6 +89,7 @@ def test_train_throughput_smoke(tmp_path):
         assert r["flops_per_s"] == pytest.approx(r["flops_per_update"] / r["seconds_per_update"])
         assert r["share_of_peak"] == pytest.approx(r["flops_per_s"] / data["peak_flops"]["float32"])
     assert actor["role"] == "actor" and critic["role"] == "critic"
+    assert actor["share_prefix"] and actor["passes"] >= 1
 
 
 def test_update_flops_by_hand():
@@ -104,6 +106,26 @@ def test_update_flops_by_hand():
     body = 2 * 10 * 3 + 4 * 2 * 5 * 6
     assert bench.update_flops(shape, data, "actor") == 3 * (body + 2 * 7 * 2)
     assert bench.update_flops(shape, data, "critic") == 3 * (body + 2 * 3 * 3)
+
+
+def test_update_flops_with_a_shared_prefix_by_hand():
+    """3 rows of 4 tokens sharing 2: computed once (prefix_runs=1), 2 rows' prefix tokens are not counted."""
+    import torch
+
+    bench = _load("train_throughput")
+    shape = {"body": 10, "head": 7, "hidden": 3, "d_attn": 2, "layers": 5}
+    data = {
+        "input_ids": torch.tensor([[5, 6, 1, 2], [5, 6, 3, 4], [5, 6, 7, 8]]),
+        "attention_mask": torch.ones(3, 4, dtype=torch.long),
+        "action_mask": torch.ones(3, 4, dtype=torch.bool),
+    }
+    # tokens 12 - 2 x 2 = 8; sum of (t + 1): 3 x (1 + 2 + 3 + 4) - 2 x (1 + 2) = 24
+    assert bench.update_flops(shape, data, "critic", prefix_runs=1) == 3 * (
+        2 * 10 * 8 + 4 * 2 * 5 * 24 + 2 * 3 * 8
+    )
+    assert bench.update_flops(shape, data, "critic", prefix_runs=3) == bench.update_flops(
+        shape, data, "critic"
+    )
 
 
 def test_matmul_peak_is_a_plausible_rate():

@@ -23,6 +23,8 @@ from steprl.modeling import (
     first_used_column,
     micro_batches,
     passes_needed,
+    prefix_shared_forward,
+    shared_prefix_length,
     token_logprobs,
     trim_padding,
 )
@@ -83,12 +85,16 @@ class FSDPWorker:
         }  # fmt: skip
 
     def _passes(self, data: TensorDict) -> list[TensorDict]:
-        """``data`` in row chunks of at most ``micro_batch_tokens`` tokens each, trimmed of padding.
+        """``data`` in row chunks of at most ``micro_batch_tokens`` tokens each (a shared prefix counted
+        once per chunk when prefix sharing is on), trimmed of padding.
 
         Every rank runs the same number of passes (each forward/backward is a sequence of FSDP
         collectives), so the count is the largest any rank needs.
         """
-        n = torch.tensor([passes_needed(data, self.micro_batch_tokens)], device=self.device)
+        prefix = 0
+        if self.worker_cfg.share_prefix and "attention_mask" in data:
+            prefix = shared_prefix_length(data["input_ids"], data["attention_mask"])
+        n = torch.tensor([passes_needed(data, self.micro_batch_tokens, prefix)], device=self.device)
         dist.all_reduce(n, op=dist.ReduceOp.MAX)
         return [trim_padding(chunk) for chunk in micro_batches(data, int(n))]
 
@@ -143,12 +149,15 @@ class FSDPWorker:
     def _build_optimizer(self) -> torch.optim.Optimizer | None:
         return None
 
-    def _forward(self, data: TensorDict, **kwargs: Any):
-        return self.model(
-            input_ids=data["input_ids"].to(self.device),
-            attention_mask=data["attention_mask"].to(self.device).long(),
-            **kwargs,
-        )
+    def _forward(self, data: TensorDict, keep_from: int | None = None) -> torch.Tensor:
+        """The model's logits from column ``keep_from`` on (all columns if None); the rows' shared prompt
+        prefix runs once when ``share_prefix`` is on (``steprl.modeling.prefix_shared_forward``)."""
+        ids = data["input_ids"].to(self.device)
+        mask = data["attention_mask"].to(self.device).long()
+        if self.worker_cfg.share_prefix:
+            return prefix_shared_forward(self.model, ids, mask, keep_from=keep_from)
+        keep = {} if keep_from is None else {"logits_to_keep": ids.shape[1] - keep_from}
+        return self.model(input_ids=ids, attention_mask=mask, **keep).logits
 
     def _logprobs(self, data: TensorDict) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Token log-probs (as wide as ``input_ids``), the logits they came from, and the first column they
@@ -156,7 +165,7 @@ class FSDPWorker:
         prompt's are never read), else everywhere."""
         ids = data["input_ids"].to(self.device)
         start = first_used_column(data["action_mask"]) if "action_mask" in data else 1
-        logits = self._forward(data, logits_to_keep=ids.shape[1] - start + 1).logits
+        logits = self._forward(data, keep_from=start - 1)
         return token_logprobs(logits, ids, start), logits, start
 
     def _global_count(self, mask: torch.Tensor) -> float:
@@ -472,14 +481,14 @@ class CriticWorker(FSDPWorker):
     @torch.no_grad()
     def compute_values(self, data: TensorDict) -> torch.Tensor:
         self.model.eval()
-        return self._per_pass(data, lambda chunk: self._forward(chunk).logits[..., 0].float().cpu())
+        return self._per_pass(data, lambda chunk: self._forward(chunk)[..., 0].float().cpu())
 
     def update_critic(self, data: TensorDict) -> dict[str, float]:
         """Clipped value regression to the estimator's returns where its ``value_mask`` is set."""
         cfg = self.algo_cfg
 
         def loss_fn(mb: TensorDict, mask: torch.Tensor):
-            values = self._forward(mb).logits[..., 0].float()
+            values = self._forward(mb)[..., 0].float()
             loss, metrics = value_loss(
                 values, mb["old_values"].to(self.device), mb["returns"].to(self.device), mask,
                 clip=cfg.value_clip, agg=cfg.loss_agg,

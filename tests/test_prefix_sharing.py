@@ -1,0 +1,218 @@
+"""Prefix sharing (``steprl.modeling.prefix_shared_forward``): the rows' common prompt prefix runs once and
+its keys/values are repeated along the batch. It must give the plain forward's logits, values and
+gradients (float summation order aside), on its own and inside the FSDP2 workers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from steprl.modeling import passes_needed, prefix_shared_forward, shared_prefix_length, token_logprobs
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A small random Llama (the SmolLM2 architecture) as a causal LM and as a value model."""
+    from transformers import AutoModelForTokenClassification, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("llama")
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    lm = LlamaForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()
+    critic = AutoModelForTokenClassification.from_pretrained(path, num_labels=1, attn_implementation="sdpa")
+    torch.nn.init.normal_(critic.score.weight)  # a non-zero head, so values differ per position
+    return lm, critic.eval(), str(path)
+
+
+def batch(seed: int, rows: int, prefix: int, width: int, padding_rows: int = 0):
+    """Rows that share ``prefix`` tokens, then differ; right padding of different lengths."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 97, (rows, width), generator=g)
+    ids[:, :prefix] = ids[0, :prefix]
+    attention = torch.ones(rows, width, dtype=torch.long)
+    for r in range(rows):
+        attention[r, int(torch.randint(prefix + 1, width + 1, (1,), generator=g)) :] = 0
+    attention[rows - padding_rows :] = 0  # rows that even out a rank's shard: nothing attended
+    return ids, attention
+
+
+def test_shared_prefix_length_golden():
+    ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 1, 9], [5, 6, 7, 8, 2]])
+    ones = torch.ones_like(ids)
+    assert shared_prefix_length(ids, ones) == 3  # column 3 differs in row 1
+    assert shared_prefix_length(ids[[0, 2]], ones[[0, 2]]) == 4
+    assert shared_prefix_length(ids[[0, 0]], ones[[0, 0]]) == 5  # identical rows: all of it
+    assert shared_prefix_length(ids[:1], ones[:1]) == 0  # one row: nothing to share
+    short = ones.clone()
+    short[2, 2:] = 0  # a row that ends at column 2 shares at most its attended tokens
+    assert shared_prefix_length(ids, short) == 2
+    pad = ones.clone()
+    pad[1] = 0  # a padding row (attends to nothing) does not count
+    assert shared_prefix_length(ids, pad) == 4
+    pad[2] = 0
+    assert shared_prefix_length(ids, pad) == 0  # one live row left
+    assert shared_prefix_length(torch.tensor([[1, 2], [3, 2]]), torch.ones(2, 2)) == 0
+
+
+def test_passes_count_a_shared_prefix_once_per_pass():
+    data = {"input_ids": torch.zeros(10, 100, dtype=torch.long)}
+    assert passes_needed(data, 250) == 5  # 2 rows of 100 per pass
+    assert passes_needed(data, 250, shared_prefix=60) == 3  # 60 + 4 x 40 = 220 <= 250: 4 rows per pass
+    assert passes_needed(data, 50, shared_prefix=60) == 10  # the budget is below one row: a row per pass
+    assert passes_needed(data, 10_000, shared_prefix=60) == 1
+    assert passes_needed(data, 250, shared_prefix=100) == 1  # rows that are all prefix
+    assert passes_needed({"input_ids": torch.zeros(3, 7, dtype=torch.long)}, 1) == 3
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    rows=st.integers(2, 6),
+    prefix=st.integers(0, 40),
+    extra=st.integers(2, 30),
+    padding_rows=st.integers(0, 1),
+    start_gap=st.integers(-20, 5),
+)
+def test_logprobs_and_values_equal_the_plain_forward(
+    models, seed, rows, prefix, extra, padding_rows, start_gap
+):
+    lm, critic, _ = models
+    width = prefix + extra
+    ids, attention = batch(seed, rows, prefix, width, min(padding_rows, rows - 2))
+    start = max(1, min(width - 1, prefix + start_gap))  # first response column: after or inside the prefix
+    with torch.no_grad():
+        plain = lm(input_ids=ids, attention_mask=attention, logits_to_keep=width - start + 1).logits
+        shared = prefix_shared_forward(lm, ids, attention, keep_from=start - 1, min_prefix=1)
+        live = attention.bool()
+        assert shared.shape == plain.shape
+        diff = (token_logprobs(shared, ids, start) - token_logprobs(plain, ids, start))[:, start:]
+        assert torch.cat([diff[live[:, start:]].abs(), torch.zeros(1)]).max() < 1e-5
+        values = prefix_shared_forward(critic, ids, attention, min_prefix=1)[..., 0]
+        plain_values = critic(input_ids=ids, attention_mask=attention).logits[..., 0]
+        assert values.shape == plain_values.shape
+        assert (values - plain_values)[live].abs().max() < 1e-5
+
+
+def test_gradients_equal_the_plain_forward(models):
+    lm, critic, _ = models
+    ids, attention = batch(1, rows=5, prefix=30, width=60, padding_rows=1)
+    start = 34
+    mask = attention.bool().clone()
+    mask[:, :start] = False
+
+    def grads(model, loss_of):
+        model.zero_grad()
+        loss_of().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    def lm_loss(shared):
+        logits = (
+            prefix_shared_forward(lm, ids, attention, keep_from=start - 1)
+            if shared
+            else lm(input_ids=ids, attention_mask=attention, logits_to_keep=ids.shape[1] - start + 1).logits
+        )
+        return -(token_logprobs(logits, ids, start) * mask).sum() / mask.sum()
+
+    def critic_loss(shared):
+        out = (
+            prefix_shared_forward(critic, ids, attention)
+            if shared
+            else critic(ids, attention_mask=attention).logits
+        )
+        return ((out[..., 0] - 1.0) ** 2 * attention).sum() / attention.sum()
+
+    for model, loss in ((lm, lm_loss), (critic, critic_loss)):
+        plain, shared = grads(model, lambda f=loss: f(False)), grads(model, lambda f=loss: f(True))
+        assert plain.keys() == shared.keys() and len(plain) > 5
+        for name, g in plain.items():
+            assert (shared[name] - g).abs().max() <= 1e-5 * g.abs().max() + 1e-9, name  # summation order
+        assert any(g.abs().max() > 0 for g in plain.values())
+
+
+def test_no_shared_prefix_is_the_plain_forward(models):
+    lm, _, _ = models
+    ids, attention = batch(2, rows=4, prefix=0, width=20)
+    ids[:, 0] = torch.arange(4) + 3  # rows differ from column 0
+    with torch.no_grad():
+        plain = lm(input_ids=ids, attention_mask=attention).logits
+        assert torch.equal(prefix_shared_forward(lm, ids, attention), plain)
+
+
+@pytest.mark.slow
+def test_workers_with_prefix_sharing_update_like_without(ray_cluster, models):
+    """2 FSDP2 ranks sharing the prefix take the same PPO step as 1 rank without, on a batch whose rows
+    share a 40-token prompt (one rank's shard gets a padding row)."""
+    from steprl.config import StepRLConfig
+    from workers.fsdp import ActorWorker
+    from workers.group import WorkerGroup
+
+    _, _, path = models
+    ids, attention = batch(3, rows=5, prefix=40, width=72)
+    action = attention.bool().clone()
+    action[:, :44] = False
+    data = {
+        "input_ids": ids,
+        "attention_mask": attention.bool(),
+        "action_mask": action,
+        "advantages": torch.randn(5, 72, generator=torch.Generator().manual_seed(0)) * action,
+    }
+    after = {}
+    for world_size, share in ((1, False), (2, True)):
+        cfg = StepRLConfig()
+        cfg.algorithm.ppo_epochs, cfg.algorithm.num_mini_batches = 1, 1
+        cfg.optim.actor_lr = 1e-3
+        cfg.actor.share_prefix = share
+        actor = WorkerGroup(
+            ActorWorker, world_size, 0.5, 0.0, "actor", model_path=path, model_cfg=cfg.model,
+            worker_cfg=cfg.actor, optim_cfg=cfg.optim, algo_cfg=cfg.algorithm, seed=0,
+        )  # fmt: skip
+        old = actor.gather_rows("compute_logprobs", data)
+        if share:  # where the loss reads them (columns past a row's end are not computed alike)
+            assert torch.allclose(old[action], data["old_logprobs"][action], atol=1e-5)
+        data["old_logprobs"] = old * action
+        metrics = actor.mean_metrics("update_policy", data)
+        after[share] = (actor.gather_rows("compute_logprobs", data), metrics["actor/grad_norm"])
+        actor.shutdown()
+    (lp_plain, norm_plain), (lp_shared, norm_shared) = after[False], after[True]
+    assert (lp_plain - data["old_logprobs"])[action].abs().max() > 1e-3  # the step did something
+    assert torch.allclose(lp_shared[action], lp_plain[action], atol=2e-5)
+    assert norm_shared == pytest.approx(norm_plain, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_critic_with_prefix_sharing_updates_like_without(ray_cluster, models):
+    """The value model's path (the prefix's values are broadcast into every row): the same values and the
+    same clipped value-regression step on 2 sharing ranks as on 1 rank without."""
+    from steprl.config import StepRLConfig
+    from workers.fsdp import CriticWorker
+    from workers.group import WorkerGroup
+
+    _, _, path = models
+    ids, attention = batch(4, rows=5, prefix=40, width=72)
+    value_mask = attention.bool().clone()
+    value_mask[:, :43] = False
+    data = {"input_ids": ids, "attention_mask": attention.bool(), "value_mask": value_mask}
+    data["returns"] = torch.randn(5, 72, generator=torch.Generator().manual_seed(1)) * value_mask
+    after = {}
+    for world_size, share in ((1, False), (2, True)):
+        cfg = StepRLConfig()
+        cfg.algorithm.ppo_epochs, cfg.algorithm.num_mini_batches = 1, 1
+        cfg.critic.share_prefix = share
+        critic = WorkerGroup(
+            CriticWorker, world_size, 0.5, 0.0, "critic", model_path=path, model_cfg=cfg.model,
+            worker_cfg=cfg.critic, optim_cfg=cfg.optim, algo_cfg=cfg.algorithm, seed=0,
+        )  # fmt: skip
+        data["old_values"] = critic.gather_rows("compute_values", data) * value_mask
+        metrics = critic.mean_metrics("update_critic", data)
+        after[share] = (critic.gather_rows("compute_values", data), metrics["critic/grad_norm"])
+        critic.shutdown()
+    (v_plain, norm_plain), (v_shared, norm_shared) = after[False], after[True]
+    assert (v_plain - data["old_values"])[value_mask].abs().max() > 1e-4  # the step did something
+    assert torch.allclose(v_shared[value_mask], v_plain[value_mask], atol=2e-5)
+    assert norm_shared == pytest.approx(norm_plain, rel=1e-4)
