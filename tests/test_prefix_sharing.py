@@ -135,6 +135,24 @@ def test_gradients_equal_the_plain_forward(models):
         assert any(g.abs().max() > 0 for g in plain.values())
 
 
+def test_lora_models_share_the_prefix_like_the_full_forward(models):
+    """peft's wrappers (the SmolLM2 recipe trains LoRA adapters) pass the cache through."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForTokenClassification, LlamaForCausalLM
+
+    _, _, path = models
+    lora = {"r": 4, "target_modules": ["q_proj", "v_proj"], "init_lora_weights": False}
+    lm = get_peft_model(LlamaForCausalLM.from_pretrained(path), LoraConfig(task_type="CAUSAL_LM", **lora))
+    critic = AutoModelForTokenClassification.from_pretrained(path, num_labels=1)
+    critic = get_peft_model(critic, LoraConfig(task_type="TOKEN_CLS", **lora))
+    ids, attention = batch(5, rows=3, prefix=24, width=40)
+    with torch.no_grad():
+        plain = lm(input_ids=ids, attention_mask=attention, logits_to_keep=14).logits
+        assert (prefix_shared_forward(lm, ids, attention, keep_from=26) - plain).abs().max() < 1e-5
+        plain = critic(input_ids=ids, attention_mask=attention).logits
+        assert (prefix_shared_forward(critic, ids, attention) - plain)[attention.bool()].abs().max() < 1e-5
+
+
 def test_no_shared_prefix_is_the_plain_forward(models):
     lm, _, _ = models
     ids, attention = batch(2, rows=4, prefix=0, width=20)
