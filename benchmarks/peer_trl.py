@@ -20,7 +20,10 @@ The same work (what both sides do per iteration; what differs is listed below):
 Differences that remain (each side as its users run it): steprl generates with vLLM (its default
 engine) in a separate Ray worker and trains with FSDP2 (``actor.world_size`` ranks); TRL generates with
 ``transformers`` ``generate`` (its default without a GPU vLLM server) and trains in the same process.
-steprl also caps each turn at 48 tokens (``rollout.max_tokens_per_turn``), TRL has no per-turn cap.
+Neither side caps a turn below the episode's 320 tokens: steprl runs with
+``rollout.max_tokens_per_turn=320`` (its recipes cap a turn at 48 tokens; TRL has no per-turn cap, and with
+steprl's cap SmolLM2's long first turns were cut, so steprl trained ~700 tokens per iteration to TRL's
+2,700-5,100: not the same work).
 
 Measured: seconds per iteration (generation + tool calls + reward + update + weight sync), the median
 over the iterations after the first (warm-up) of every run; trained tokens/s = the tokens the loss
@@ -81,6 +84,7 @@ def steprl_overrides(model_path: str, tasks: int, iterations: int, run_dir: str)
         f"rollout.group_size={SAMPLES}",
         "rollout.temperature=1.0",
         f"rollout.max_response_tokens={MAX_COMPLETION}",
+        f"rollout.max_tokens_per_turn={MAX_COMPLETION}",  # no per-turn cap, as TRL
         f"rollout.max_turns={TOOL_ROUNDS + 1}",
         "algorithm.kl_coef=0.0",
         "algorithm.ppo_epochs=1",
