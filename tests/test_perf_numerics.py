@@ -14,21 +14,6 @@ from steprl.modeling import auto_threads, first_used_column, token_logprobs
 TOL = 1e-5  # fp32: the same matmuls on fewer rows; only summation order may differ
 
 
-@pytest.fixture(scope="module")
-def random_llama(tmp_path_factory):
-    """A small random Llama (the SmolLM2 architecture) saved as a Hugging Face directory."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-    )  # fmt: skip
-    path = tmp_path_factory.mktemp("llama")
-    LlamaForCausalLM(cfg).eval().save_pretrained(path)
-    return str(path)
-
-
 def _model(path):
     from transformers import AutoModelForCausalLM
 

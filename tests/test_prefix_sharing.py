@@ -13,21 +13,16 @@ from steprl.modeling import passes_needed, prefix_shared_forward, shared_prefix_
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """A small random Llama (the SmolLM2 architecture) as a causal LM and as a value model."""
-    from transformers import AutoModelForTokenClassification, LlamaConfig, LlamaForCausalLM
+def models(random_llama):
+    """The random Llama of ``conftest.py`` (the SmolLM2 architecture) as a causal LM and as a value model."""
+    from transformers import AutoModelForTokenClassification, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-    )  # fmt: skip
-    path = tmp_path_factory.mktemp("llama")
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    lm = LlamaForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()
-    critic = AutoModelForTokenClassification.from_pretrained(path, num_labels=1, attn_implementation="sdpa")
+    lm = LlamaForCausalLM.from_pretrained(random_llama, attn_implementation="sdpa").eval()
+    critic = AutoModelForTokenClassification.from_pretrained(
+        random_llama, num_labels=1, attn_implementation="sdpa"
+    )
     torch.nn.init.normal_(critic.score.weight)  # a non-zero head, so values differ per position
-    return lm, critic.eval(), str(path)
+    return lm, critic.eval(), random_llama
 
 
 def batch(seed: int, rows: int, prefix: int, width: int, padding_rows: int = 0):
@@ -162,13 +157,21 @@ def test_no_shared_prefix_is_the_plain_forward(models):
         assert torch.equal(prefix_shared_forward(lm, ids, attention), plain)
 
 
+def _group(cls, world_size, path, cfg, worker_cfg):
+    from workers.group import WorkerGroup
+
+    return WorkerGroup(
+        cls, world_size, 0.5, 0.0, cls.role, model_path=path, model_cfg=cfg.model, worker_cfg=worker_cfg,
+        optim_cfg=cfg.optim, algo_cfg=cfg.algorithm, seed=0,
+    )  # fmt: skip
+
+
 @pytest.mark.slow
 def test_workers_with_prefix_sharing_update_like_without(ray_cluster, models):
     """2 FSDP2 ranks sharing the prefix take the same PPO step as 1 rank without, on a batch whose rows
     share a 40-token prompt (one rank's shard gets a padding row)."""
     from steprl.config import StepRLConfig
     from workers.fsdp import ActorWorker
-    from workers.group import WorkerGroup
 
     _, _, path = models
     ids, attention = batch(3, rows=5, prefix=40, width=72)
@@ -186,10 +189,7 @@ def test_workers_with_prefix_sharing_update_like_without(ray_cluster, models):
         cfg.algorithm.ppo_epochs, cfg.algorithm.num_mini_batches = 1, 1
         cfg.optim.actor_lr = 1e-3
         cfg.actor.share_prefix = share
-        actor = WorkerGroup(
-            ActorWorker, world_size, 0.5, 0.0, "actor", model_path=path, model_cfg=cfg.model,
-            worker_cfg=cfg.actor, optim_cfg=cfg.optim, algo_cfg=cfg.algorithm, seed=0,
-        )  # fmt: skip
+        actor = _group(ActorWorker, world_size, path, cfg, cfg.actor)
         old = actor.gather_rows("compute_logprobs", data)
         if share:  # where the loss reads them (columns past a row's end are not computed alike)
             assert torch.allclose(old[action], data["old_logprobs"][action], atol=1e-5)
@@ -209,7 +209,6 @@ def test_critic_with_prefix_sharing_updates_like_without(ray_cluster, models):
     same clipped value-regression step on 2 sharing ranks as on 1 rank without."""
     from steprl.config import StepRLConfig
     from workers.fsdp import CriticWorker
-    from workers.group import WorkerGroup
 
     _, _, path = models
     ids, attention = batch(4, rows=5, prefix=40, width=72)
@@ -222,10 +221,7 @@ def test_critic_with_prefix_sharing_updates_like_without(ray_cluster, models):
         cfg = StepRLConfig()
         cfg.algorithm.ppo_epochs, cfg.algorithm.num_mini_batches = 1, 1
         cfg.critic.share_prefix = share
-        critic = WorkerGroup(
-            CriticWorker, world_size, 0.5, 0.0, "critic", model_path=path, model_cfg=cfg.model,
-            worker_cfg=cfg.critic, optim_cfg=cfg.optim, algo_cfg=cfg.algorithm, seed=0,
-        )  # fmt: skip
+        critic = _group(CriticWorker, world_size, path, cfg, cfg.critic)
         data["old_values"] = critic.gather_rows("compute_values", data) * value_mask
         metrics = critic.mean_metrics("update_critic", data)
         after[share] = (critic.gather_rows("compute_values", data), metrics["critic/grad_norm"])
