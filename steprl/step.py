@@ -12,6 +12,7 @@ through :class:`steprl.context.MethodContext`.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ import torch
 
 from steprl.algorithms.advantages import AdvantageOutput, estimate_advantages, whiten_output, whitens
 from steprl.algorithms.kl import apply_kl_in_reward
-from steprl.algorithms.losses import kl_penalty, masked_mean
+from steprl.algorithms.losses import explained_variance, kl_penalty, masked_mean
 from steprl.algorithms.off_policy import truncated_is_weights
 from steprl.data.parquet_io import write_trajectories_parquet
 from steprl.evaluation.metrics import episode_metrics
@@ -105,6 +106,9 @@ def prepare(ctx: MethodContext, rollout: Rollout, method: Method) -> Prepared:
     )
     if values is not None:
         prep.metrics["value_mean"] = float(masked_mean(values, out.value_mask))
+        ev = explained_variance(values, out.returns, out.value_mask)
+        if not math.isnan(ev):  # the targets varied
+            prep.metrics["critic_explained_variance"] = ev
     return prep
 
 

@@ -153,3 +153,18 @@ def test_token_logprobs_golden_and_one_token_rows():
     # position 0 has no prediction; token 1 given position 0: log 0.25; token 2 given position 1: log 0.1
     assert out.tolist()[0] == pytest.approx([0.0, math.log(0.25), math.log(0.1)], abs=1e-6)
     assert token_logprobs(torch.zeros(2, 1, 3), torch.tensor([[1], [2]])).shape == (2, 1)
+
+
+def test_explained_variance_by_hand():
+    """Targets 1, 2, 3, 6 (mean 3, population variance 3.5); values off by 1, -1, 0, 0: the residual has
+    mean 0 and variance 0.5, so EV = 1 - 0.5 / 3.5. A masked position never counts."""
+    from steprl.algorithms.losses import explained_variance
+
+    returns = torch.tensor([[1.0, 2.0, 3.0, 6.0, 100.0]])
+    values = torch.tensor([[0.0, 3.0, 3.0, 6.0, -100.0]])
+    mask = torch.tensor([[True, True, True, True, False]])
+    assert explained_variance(values, returns, mask) == pytest.approx(1 - 0.5 / 3.5)
+    assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    assert explained_variance(torch.full_like(returns, 3.0), returns, mask) == pytest.approx(0.0)  # the mean
+    assert math.isnan(explained_variance(values, torch.ones_like(returns), mask))  # constant targets
+    assert math.isnan(explained_variance(values, returns, torch.zeros_like(mask)))  # nothing under the mask

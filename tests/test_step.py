@@ -106,6 +106,12 @@ def test_prepare_whitens_advantages_exactly_once(monkeypatch, estimator, whiten,
     assert prep.metrics["advantage_abs_mean"] == pytest.approx(
         float(raw.abs()[batch.action_mask].mean()), rel=1e-5
     )
+    if ctx.critic is not None:  # the critic's explained variance of its targets, before its update
+        out = estimate_advantages(batch, ctx.values, ctx.adv_cfg)
+        m = out.value_mask
+        residual = (out.returns - ctx.values)[m]
+        want_ev = 1 - float(residual.var(unbiased=False)) / float(out.returns[m].var(unbiased=False))
+        assert prep.metrics["critic_explained_variance"] == pytest.approx(want_ev, rel=1e-5)
     if expected_whitenings:  # whitened over the action tokens: mean 0, unbiased var 1
         a = prep.data["advantages"][batch.action_mask]
         assert float(a.mean()) == pytest.approx(0.0, abs=1e-5)

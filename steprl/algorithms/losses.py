@@ -44,6 +44,16 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """``1 - Var(returns - values) / Var(returns)`` over ``mask``: how much of its targets the critic
+    predicts before its update (1 perfect, 0 no better than their mean, below 0 worse); nan if the
+    targets do not vary."""
+    var_returns = float(masked_var(returns, mask, unbiased=False))
+    if not mask.any() or var_returns <= 0.0:
+        return float("nan")
+    return 1.0 - float(masked_var(returns - values, mask, unbiased=False)) / var_returns
+
+
 def masked_whiten(
     x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
 ) -> torch.Tensor:
