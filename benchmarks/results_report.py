@@ -116,6 +116,26 @@ def render_by_index(modes: dict[str, dict[str, Any]], max_index: int = 8) -> lis
     return [*lines, ""]
 
 
+def render_critic_fit(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """The critic's explained variance of its targets (before each update), mean over iterations, per
+    recipe with a critic: is the value estimate good enough to assign credit with?"""
+    label = {recipe: name for name, recipe in ROWS}
+    fitted = {recipe: r["critic_fit"] for recipe, r in rows.items() if r.get("critic_fit")}
+    if not fitted:
+        return []
+    lines = [
+        "Critic fit (`critic_explained_variance`, mean over the iterations of each seed; 1 is perfect, 0 "
+        "no better than the targets' mean):",
+        "",
+        "| method | explained variance | seeds with it |",
+        "| --- | --- | --- |",
+    ]
+    for recipe, fits in fitted.items():
+        m, s = mean_std(fits)
+        lines.append(f"| {label.get(recipe, recipe)} | {m:.3f} ± {s:.3f} | {len(fits)} |")
+    return [*lines, ""]
+
+
 def render(
     rows: dict[str, dict[str, Any]],
     args: argparse.Namespace,
@@ -161,6 +181,7 @@ def render(
         "",
         *render_failures(modes, setup.eval_tasks),
         *(render_by_index(modes) if setup.by_index else []),
+        *render_critic_fit(rows),
         f"![learning curves]({os.path.relpath(plot_path, doc.parent)})",
         "",
         end,

@@ -24,6 +24,8 @@ Procedure (what makes the rows comparable):
    each episode sorted into solved, failed with a failed tool call, failed after a step that did not
    contribute (Contribution 0: a wrong field or entity looked up), failed with every step contributing
    (a slip in the answer itself), or no answer; plus non-contributing steps per episode.
+6. Critic fit, for the recipes with a critic: ``critic_explained_variance`` (``metrics.jsonl``; the
+   critic's values against its targets before each update), mean over a run's iterations, over seeds.
 
 ``--suite`` picks the task suite (``SUITES`` below: its Hydra overrides, evaluation size, output
 directory, plot and section of ``docs/RESULTS.md``). ``relay`` (docs/suites.md) gets its own SFT start,
@@ -157,6 +159,9 @@ def collect(out: Path, seeds: list[int]) -> dict[str, dict[str, Any]]:
             r["curves"].append(
                 {h["step"]: h["train/pass_rate"] for h in history if "train/pass_rate" in h and h["step"] > 0}
             )
+            fits = [h["critic_explained_variance"] for h in history if "critic_explained_variance" in h]
+            if fits:  # the critic's fit to its targets, mean over the iterations (runs that log it)
+                r.setdefault("critic_fit", []).append(sum(fits) / len(fits))
             if recipe == SFT_SOURCE and s.get("pass_rate_before_rl") is not None:
                 _add_seed(rows, "sft", seed, s, "before_rl")["budget"] = 0
     return rows

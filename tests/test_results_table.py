@@ -30,7 +30,7 @@ def test_suite_overrides_make_a_valid_config(suite: str):
             assert 0.5 / episodes**0.5 <= 0.0201 and setup.eval_tasks >= 625
 
 
-def _run(path: Path, recipe: str, seed: int, before: float | None, after: float, curve: list[float]):
+def _run(path: Path, recipe: str, seed: int, before: float | None, after: float, curve: list[float], fits=()):
     path.mkdir(parents=True)
     summary = {
         "status": "completed",
@@ -46,6 +46,7 @@ def _run(path: Path, recipe: str, seed: int, before: float | None, after: float,
     cfg, yaml_text = load_config([f"recipe={recipe}", *rt.SUITES["relay"].overrides, f"trainer.seed={seed}"])
     (path / "config.yaml").write_text(yaml_text)
     lines = [json.dumps({"step": i + 1, "train/pass_rate": v}) for i, v in enumerate(curve)]
+    lines += [json.dumps({"step": i + 1, "critic_explained_variance": v}) for i, v in enumerate(fits)]
     (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
 
@@ -59,7 +60,7 @@ def _eval_rows(successes: list[list[float]]) -> dict:
 
 def test_relay_report_has_its_own_section_and_call_index_table(tmp_path: Path):
     out = tmp_path / "runs"
-    _run(out / "steptool" / "seed0", "steptool", 0, 0.30, 0.50, [0.3, 0.4])
+    _run(out / "steptool" / "seed0", "steptool", 0, 0.30, 0.50, [0.3, 0.4], fits=[0.2, 0.6])
     _run(out / "ppo_final" / "seed0", "ppo_final", 0, None, 0.40, [0.3, 0.3])
     analysis = out / "analysis"
     analysis.mkdir()
@@ -78,6 +79,8 @@ def test_relay_report_has_its_own_section_and_call_index_table(tmp_path: Path):
     assert "| SFT (the shared start) | 0.667 (3) | 0.500 (2) | 0.000 (1) |" in block
     assert "| StepTool | 0.500 (2) | 1.000 (1) | - |" in block
     assert "| StepTool | `steptool` | 0.500 ± 0.000 |" in block
+    assert "| StepTool | 0.400 ± 0.000 | 1 |" in block  # critic fit: mean of 0.2 and 0.6; PPO logged none
+    assert "| PPO (final reward) | 0." not in block.split("Critic fit", 1)[1]
     # a second report replaces the block instead of appending another
     assert rt.main([*argv, "--plot", str(tmp_path / "curves.png")]) == 0
     assert doc.read_text().count(begin) == 1
