@@ -166,67 +166,47 @@ def _group(cls, world_size, path, cfg, worker_cfg):
     )  # fmt: skip
 
 
-@pytest.mark.slow
-def test_workers_with_prefix_sharing_update_like_without(ray_cluster, models):
-    """2 FSDP2 ranks sharing the prefix take the same PPO step as 1 rank without, on a batch whose rows
-    share a 40-token prompt (one rank's shard gets a padding row)."""
-    from steprl.config import StepRLConfig
-    from workers.fsdp import ActorWorker
+# per role: worker class, its config section, what it computes, its update, the mask its loss reads and
+# the old outputs that loss compares with
+ROLES = {
+    "actor": ("ActorWorker", "compute_logprobs", "update_policy", "action_mask", "old_logprobs", 44),
+    "critic": ("CriticWorker", "compute_values", "update_critic", "value_mask", "old_values", 43),
+}
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("role", sorted(ROLES))
+def test_workers_with_prefix_sharing_update_like_without(ray_cluster, models, role):
+    """2 FSDP2 ranks sharing the prefix compute the same log-probs / values and take the same PPO / value
+    step as 1 rank without, on a batch whose rows share a 40-token prompt (one rank's shard gets a padding
+    row). The critic's path also broadcasts the prefix's values into every row."""
+    import workers.fsdp
+    from steprl.config import StepRLConfig
+
+    cls_name, compute, update, mask_key, old_key, first = ROLES[role]
+    cls = getattr(workers.fsdp, cls_name)
     _, _, path = models
     ids, attention = batch(3, rows=5, prefix=40, width=72)
-    action = attention.bool().clone()
-    action[:, :44] = False
-    data = {
-        "input_ids": ids,
-        "attention_mask": attention.bool(),
-        "action_mask": action,
-        "advantages": torch.randn(5, 72, generator=torch.Generator().manual_seed(0)) * action,
-    }
+    mask = attention.bool().clone()
+    mask[:, :first] = False
+    noise = torch.randn(5, 72, generator=torch.Generator().manual_seed(0)) * mask
+    data = {"input_ids": ids, "attention_mask": attention.bool(), mask_key: mask}
+    data.update({"action_mask": mask, "advantages": noise} if role == "actor" else {"returns": noise})
     after = {}
     for world_size, share in ((1, False), (2, True)):
         cfg = StepRLConfig()
         cfg.algorithm.ppo_epochs, cfg.algorithm.num_mini_batches = 1, 1
         cfg.optim.actor_lr = 1e-3
-        cfg.actor.share_prefix = share
-        actor = _group(ActorWorker, world_size, path, cfg, cfg.actor)
-        old = actor.gather_rows("compute_logprobs", data)
+        getattr(cfg, role).share_prefix = share
+        group = _group(cls, world_size, path, cfg, getattr(cfg, role))
+        old = group.gather_rows(compute, data)
         if share:  # where the loss reads them (columns past a row's end are not computed alike)
-            assert torch.allclose(old[action], data["old_logprobs"][action], atol=1e-5)
-        data["old_logprobs"] = old * action
-        metrics = actor.mean_metrics("update_policy", data)
-        after[share] = (actor.gather_rows("compute_logprobs", data), metrics["actor/grad_norm"])
-        actor.shutdown()
-    (lp_plain, norm_plain), (lp_shared, norm_shared) = after[False], after[True]
-    assert (lp_plain - data["old_logprobs"])[action].abs().max() > 1e-3  # the step did something
-    assert torch.allclose(lp_shared[action], lp_plain[action], atol=2e-5)
-    assert norm_shared == pytest.approx(norm_plain, rel=1e-4)
-
-
-@pytest.mark.slow
-def test_critic_with_prefix_sharing_updates_like_without(ray_cluster, models):
-    """The value model's path (the prefix's values are broadcast into every row): the same values and the
-    same clipped value-regression step on 2 sharing ranks as on 1 rank without."""
-    from steprl.config import StepRLConfig
-    from workers.fsdp import CriticWorker
-
-    _, _, path = models
-    ids, attention = batch(4, rows=5, prefix=40, width=72)
-    value_mask = attention.bool().clone()
-    value_mask[:, :43] = False
-    data = {"input_ids": ids, "attention_mask": attention.bool(), "value_mask": value_mask}
-    data["returns"] = torch.randn(5, 72, generator=torch.Generator().manual_seed(1)) * value_mask
-    after = {}
-    for world_size, share in ((1, False), (2, True)):
-        cfg = StepRLConfig()
-        cfg.algorithm.ppo_epochs, cfg.algorithm.num_mini_batches = 1, 1
-        cfg.critic.share_prefix = share
-        critic = _group(CriticWorker, world_size, path, cfg, cfg.critic)
-        data["old_values"] = critic.gather_rows("compute_values", data) * value_mask
-        metrics = critic.mean_metrics("update_critic", data)
-        after[share] = (critic.gather_rows("compute_values", data), metrics["critic/grad_norm"])
-        critic.shutdown()
-    (v_plain, norm_plain), (v_shared, norm_shared) = after[False], after[True]
-    assert (v_plain - data["old_values"])[value_mask].abs().max() > 1e-4  # the step did something
-    assert torch.allclose(v_shared[value_mask], v_plain[value_mask], atol=2e-5)
+            assert torch.allclose(old[mask], data[old_key][mask], atol=1e-5)
+        data[old_key] = old * mask
+        metrics = group.mean_metrics(update, data)
+        after[share] = (group.gather_rows(compute, data), metrics[f"{role}/grad_norm"])
+        group.shutdown()
+    (plain, norm_plain), (shared, norm_shared) = after[False], after[True]
+    assert (plain - data[old_key])[mask].abs().max() > 1e-4  # the step did something
+    assert torch.allclose(shared[mask], plain[mask], atol=2e-5)
     assert norm_shared == pytest.approx(norm_plain, rel=1e-4)
