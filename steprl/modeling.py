@@ -128,12 +128,23 @@ def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor) 
     return int(differs[0]) if len(differs) else ids.shape[1]
 
 
+def usable_prefix(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, keep_from: int | None = None, min_prefix: int = 16
+) -> int:
+    """The shared prefix :func:`prefix_shared_forward` may run once: at most ``keep_from`` (every position
+    asked for comes from the second pass) and shorter than the width; 0 if under ``min_prefix``."""
+    prefix = shared_prefix_length(input_ids, attention_mask)
+    if keep_from is not None:
+        prefix = min(prefix, keep_from)
+    return prefix if min_prefix <= prefix < input_ids.shape[1] else 0
+
+
 def prefix_shared_forward(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     keep_from: int | None = None,
-    min_prefix: int = 16,
+    prefix: int | None = None,
 ) -> torch.Tensor:
     """The model's logits (``[B, L - keep_from, V]`` from column ``keep_from`` on, else ``[B, L, V]``),
     with the rows' shared prefix run once instead of once per row.
@@ -141,16 +152,17 @@ def prefix_shared_forward(
     Causal attention makes the prefix's keys and values the same in every row, so they are computed on
     one row and repeated along the batch as the cache of the rest; the gradient reaches the prefix
     through that cache, summed over rows. Same numbers as the plain forward up to float summation order
-    (``tests/test_prefix_sharing.py``). The plain forward when fewer than ``min_prefix`` tokens are shared.
+    (``tests/test_prefix_sharing.py``). ``prefix``: the columns to share (default :func:`usable_prefix`;
+    data-parallel ranks must agree on sharing or not, as it changes how often the model is called);
+    0 is the plain forward.
     """
     from transformers import DynamicCache
 
     width = input_ids.shape[1]
     keep = {} if keep_from is None else {"logits_to_keep": width - keep_from}
-    prefix = shared_prefix_length(input_ids, attention_mask)
-    if keep_from is not None:
-        prefix = min(prefix, keep_from)  # every position asked for comes from the second pass
-    if prefix < min_prefix or prefix >= width:
+    if prefix is None:
+        prefix = usable_prefix(input_ids, attention_mask, keep_from)
+    if prefix <= 0:
         return model(input_ids=input_ids, attention_mask=attention_mask, **keep).logits
     alive = attention_mask.bool().any(1)
     if not bool(alive.all()):  # padding rows see the prefix too: their outputs are never read

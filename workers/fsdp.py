@@ -27,6 +27,7 @@ from steprl.modeling import (
     shared_prefix_length,
     token_logprobs,
     trim_padding,
+    usable_prefix,
 )
 
 
@@ -155,7 +156,12 @@ class FSDPWorker:
         ids = data["input_ids"].to(self.device)
         mask = data["attention_mask"].to(self.device).long()
         if self.worker_cfg.share_prefix:
-            return prefix_shared_forward(self.model, ids, mask, keep_from=keep_from)
+            prefix = usable_prefix(ids, mask, keep_from)
+            # every rank must call the model as often (FSDP2 gathers parameters per call): share on all
+            # ranks or on none (a rank's shard may hold one live row, or a short shared prefix)
+            agree = torch.tensor([1 if prefix > 0 else 0], device=self.device)
+            dist.all_reduce(agree, op=dist.ReduceOp.MIN)
+            return prefix_shared_forward(self.model, ids, mask, keep_from, prefix if int(agree) else 0)
         keep = {} if keep_from is None else {"logits_to_keep": ids.shape[1] - keep_from}
         return self.model(input_ids=ids, attention_mask=mask, **keep).logits
 
