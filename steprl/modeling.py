@@ -192,5 +192,6 @@ def prefix_shared_forward(
     if keep_from is not None:
         # the prefix pass's output joins the graph (times 0) so that its backward runs through every
         # layer's output: FSDP2 gathers a layer's parameters for backward there, not on the cache path
-        return tail + head.logits[..., :1].sum() * 0.0
+        link = head.logits[..., :1]
+        return tail + torch.where(torch.isfinite(link), link, 0.0).sum() * 0.0  # an inf would make a nan
     return torch.cat([head.logits.expand(input_ids.shape[0], -1, -1), tail], dim=1)
