@@ -148,7 +148,7 @@ def test_the_critic_trains_without_dropout(tiny_model_path):
     that the clipped value loss compares it with."""
     from transformers import AutoModelForTokenClassification
 
-    from workers.fsdp import without_dropout
+    from workers.model_io import without_dropout
 
     model = AutoModelForTokenClassification.from_pretrained(tiny_model_path, num_labels=1)
     torch.nn.init.normal_(model.score.weight)

@@ -128,7 +128,7 @@ class RolloutWorker:
         import os
         import tempfile
 
-        from workers.fsdp import write_safetensors
+        from workers.model_io import write_safetensors
 
         t0 = time.time()
         if getattr(self, "_recv_dir", None) is None:
