@@ -17,6 +17,7 @@ from results_setup import (
     CAL_END,
     CALIBRATION_TARGETS,
     FAILURE_KINDS,
+    LABELS,
     REPO,
     ROWS,
     SUITES,
@@ -82,7 +83,6 @@ def verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
 def render_failures(modes: dict[str, dict[str, Any]], tasks: int = 64) -> list[str]:
     if not modes:
         return []
-    label = {recipe: name for name, recipe in ROWS}
     head = " | ".join(FAILURE_KINDS.values())
     lines = [
         f"Where episodes fail (`python -m steprl.eval`, T=1, {tasks} held-out tasks per seed; shares of episodes):",
@@ -92,7 +92,7 @@ def render_failures(modes: dict[str, dict[str, Any]], tasks: int = 64) -> list[s
     ]
     for recipe, m in modes.items():
         cells = " | ".join(f"{m[k]:.3f}" for k in FAILURE_KINDS)
-        lines.append(f"| {label[recipe]} | {int(m['episodes'])} | {cells} | {m['wasted_steps']:.2f} |")
+        lines.append(f"| {LABELS[recipe]} | {int(m['episodes'])} | {cells} | {m['wasted_steps']:.2f} |")
     return [*lines, ""]
 
 
@@ -100,7 +100,6 @@ def render_by_index(modes: dict[str, dict[str, Any]], max_index: int = 8) -> lis
     """The Figure 4 analogue: tool-call success by call index, with the episodes behind each cell."""
     if not modes:
         return []
-    label = {recipe: name for name, recipe in ROWS}
     depth = min(max_index, max(len(m["by_index"]) for m in modes.values()))
     lines = [
         "Tool-call success by call index (StepTool's Figure 4; same episodes; success rate, episodes "
@@ -112,14 +111,13 @@ def render_by_index(modes: dict[str, dict[str, Any]], max_index: int = 8) -> lis
     for recipe, m in modes.items():
         cells = [f"{c['success_rate']:.3f} ({c['count']})" for c in m["by_index"][:depth]]
         cells += ["-"] * (depth - len(cells))
-        lines.append(f"| {label[recipe]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {LABELS[recipe]} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
 def render_critic_fit(rows: dict[str, dict[str, Any]]) -> list[str]:
     """The critic's explained variance of its targets (before each update), mean over iterations, per
     recipe with a critic: is the value estimate good enough to assign credit with?"""
-    label = {recipe: name for name, recipe in ROWS}
     fitted = {recipe: r["critic_fit"] for recipe, r in rows.items() if r.get("critic_fit")}
     if not fitted:
         return []
@@ -132,7 +130,7 @@ def render_critic_fit(rows: dict[str, dict[str, Any]]) -> list[str]:
     ]
     for recipe, fits in fitted.items():
         m, s = mean_std(fits)
-        lines.append(f"| {label.get(recipe, recipe)} | {m:.3f} ± {s:.3f} | {len(fits)} |")
+        lines.append(f"| {LABELS[recipe]} | {m:.3f} ± {s:.3f} | {len(fits)} |")
     return [*lines, ""]
 
 

@@ -25,6 +25,7 @@ ROWS = [
     ("StepTool w/o step-grained optimization", "steptool_no_step_opt"),
 ]
 RL_RECIPES = [recipe for _, recipe in ROWS if recipe != "sft"]
+LABELS = {recipe: label for label, recipe in ROWS}  # recipe -> its row label
 SFT_SOURCE = "steptool"  # whose start evaluation is the SFT row
 
 
