@@ -86,13 +86,14 @@ def update_flops(
     ``prefix_runs``: with prefix sharing, how often the rows' shared prefix is actually computed (once
     per forward pass on each rank) instead of once per row; those rows' prefix tokens are not counted.
     """
-    from steprl.modeling import first_used_column, shared_prefix_length
+    from steprl.modeling import first_used_column, usable_prefix
 
     attn = data["attention_mask"].bool()
     tokens = int(attn.sum())
     ctx = float((attn.long().cumsum(-1) * attn).sum())  # sum over tokens of (t + 1)
-    if prefix_runs is not None:
-        prefix = shared_prefix_length(data["input_ids"], data["attention_mask"])
+    if prefix_runs is not None:  # the prefix the workers share: the actor's ends before its first logit
+        keep_from = first_used_column(data["action_mask"]) - 1 if role == "actor" else None
+        prefix = usable_prefix(data["input_ids"], data["attention_mask"], keep_from)
         skipped = max(0, attn.shape[0] - prefix_runs)
         tokens -= skipped * prefix
         ctx -= skipped * prefix * (prefix + 1) / 2

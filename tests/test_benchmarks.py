@@ -109,22 +109,30 @@ def test_update_flops_by_hand():
 
 
 def test_update_flops_with_a_shared_prefix_by_hand():
-    """3 rows of 4 tokens sharing 2: computed once (prefix_runs=1), 2 rows' prefix tokens are not counted."""
+    """3 rows of 20 tokens sharing 17: computed once (prefix_runs=1), 2 rows' prefix tokens are not
+    counted. A shared prefix under the workers' 16-token minimum is not shared, so it is counted."""
     import torch
 
     bench = _load("train_throughput")
     shape = {"body": 10, "head": 7, "hidden": 3, "d_attn": 2, "layers": 5}
+    ids = torch.arange(60).reshape(3, 20)
+    ids[:, :17] = ids[0, :17]
     data = {
-        "input_ids": torch.tensor([[5, 6, 1, 2], [5, 6, 3, 4], [5, 6, 7, 8]]),
-        "attention_mask": torch.ones(3, 4, dtype=torch.long),
-        "action_mask": torch.ones(3, 4, dtype=torch.bool),
+        "input_ids": ids,
+        "attention_mask": torch.ones(3, 20, dtype=torch.long),
+        "action_mask": torch.ones(3, 20, dtype=torch.bool),
     }
-    # tokens 12 - 2 x 2 = 8; sum of (t + 1): 3 x (1 + 2 + 3 + 4) - 2 x (1 + 2) = 24
+    # tokens 60 - 2 x 17 = 26; sum of (t + 1): 3 x (1 + ... + 20) - 2 x (1 + ... + 17) = 630 - 306 = 324
     assert bench.update_flops(shape, data, "critic", prefix_runs=1) == 3 * (
-        2 * 10 * 8 + 4 * 2 * 5 * 24 + 2 * 3 * 8
+        2 * 10 * 26 + 4 * 2 * 5 * 324 + 2 * 3 * 26
     )
     assert bench.update_flops(shape, data, "critic", prefix_runs=3) == bench.update_flops(
         shape, data, "critic"
+    )
+    short = {**data, "input_ids": torch.arange(60).reshape(3, 20)}
+    short["input_ids"][:, :2] = 5  # 2 shared tokens: not shared
+    assert bench.update_flops(shape, short, "critic", prefix_runs=1) == bench.update_flops(
+        shape, short, "critic"
     )
 
 

@@ -24,7 +24,6 @@ from steprl.modeling import (
     micro_batches,
     passes_needed,
     prefix_shared_forward,
-    shared_prefix_length,
     token_logprobs,
     trim_padding,
     usable_prefix,
@@ -95,7 +94,7 @@ class FSDPWorker:
         """
         prefix = 0
         if self.worker_cfg.share_prefix and "attention_mask" in data:
-            prefix = shared_prefix_length(data["input_ids"], data["attention_mask"])
+            prefix = usable_prefix(data["input_ids"], data["attention_mask"])  # what the forward shares
         n = torch.tensor([passes_needed(data, self.micro_batch_tokens, prefix)], device=self.device)
         dist.all_reduce(n, op=dist.ReduceOp.MAX)
         return [trim_padding(chunk) for chunk in micro_batches(data, int(n))]
