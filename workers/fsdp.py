@@ -93,7 +93,7 @@ class FSDPWorker:
         collectives), so the count is the largest any rank needs.
         """
         prefix = 0
-        if self.worker_cfg.share_prefix and "attention_mask" in data:
+        if self.worker_cfg.share_prefix and "input_ids" in data:  # not the preference groups' candidates
             prefix = usable_prefix(data["input_ids"], data["attention_mask"])  # what the forward shares
         n = torch.tensor([passes_needed(data, self.micro_batch_tokens, prefix)], device=self.device)
         dist.all_reduce(n, op=dist.ReduceOp.MAX)
