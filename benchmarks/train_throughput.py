@@ -144,7 +144,7 @@ def measure(
 ) -> dict[str, Any]:
     """Seconds per update of ``role`` for one group shape (one warm-up update, then ``updates`` timed)."""
     from steprl.config import AlgorithmConfig, ModelConfig, OptimConfig, WorkerConfig
-    from steprl.modeling import auto_threads, passes_needed, shard_rows, trim_padding
+    from steprl.modeling import auto_threads, pass_rows, shard_rows
     from workers.fsdp import ActorWorker, CriticWorker
     from workers.group import WorkerGroup
 
@@ -188,8 +188,9 @@ def measure(
         "group_startup_s": round(startup, 1),
         "peak_mb_per_rank": round(memory),
         "share_prefix": share_prefix,
-        # forward passes over the whole batch (each rank runs its shard in passes of micro_batch_tokens)
-        "passes": world_size * passes_needed(trim_padding(shard_rows(data, world_size)[0]), micro),
+        # forward passes over the whole batch (each rank runs its shard in passes of micro_batch_tokens;
+        # the count without the shared prefix, an upper bound)
+        "passes": world_size * len(pass_rows(shard_rows(data, world_size)[0], micro)),
         "_data": data,
     }
 

@@ -66,10 +66,11 @@ def test_two_ranks_update_like_one(ray_cluster, tiny_model_path, tmp_path):
     assert torch.allclose(weights[1], weights[2], atol=2e-5)
 
 
-@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
-def test_passes_of_a_few_tokens_accumulate_to_the_one_pass_update(ray_cluster, tiny_model_path, agg):
-    """``micro_batch_tokens=24`` (one 24-token row per pass) on 2 ranks takes the same PPO and SFT steps as
-    one pass on one rank: gradient accumulation weighted by what the loss averages over.
+@pytest.mark.parametrize(("agg", "budget"), [("token-mean", 24), ("seq-mean-token-mean", 48)])
+def test_passes_of_a_few_tokens_accumulate_to_the_one_pass_update(ray_cluster, tiny_model_path, agg, budget):
+    """``micro_batch_tokens=24`` (one row per pass) or 48 (rows of like length in pairs, so out of
+    order) on 2 ranks takes the same PPO and SFT steps as one pass on one rank: gradient accumulation
+    weighted by what the loss averages over, and log-probs put back in row order.
 
     The gradient norm (before clipping) is the sharp check: Adam's first step is nearly ``lr * sign(g)``,
     blind to a mis-weighted sum, but the norm is not; the log-probs after the steps agree to summation order.
@@ -79,7 +80,7 @@ def test_passes_of_a_few_tokens_accumulate_to_the_one_pass_update(ray_cluster, t
     data = _batch()
     norms: dict[int, list[float]] = {}
     after: dict[int, list[torch.Tensor]] = {}
-    for ws, tokens in ((1, 10_000), (2, 24)):
+    for ws, tokens in ((1, 10_000), (2, budget)):
         cfg = StepRLConfig()
         cfg.algorithm.ppo_epochs, cfg.algorithm.num_mini_batches, cfg.algorithm.loss_agg = 1, 1, agg
         cfg.optim.actor_lr = 1e-3

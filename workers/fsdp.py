@@ -22,7 +22,7 @@ from steprl.modeling import (
     auto_threads,
     first_used_column,
     micro_batches,
-    passes_needed,
+    pass_rows,
     prefix_shared_forward,
     token_logprobs,
     trim_padding,
@@ -78,16 +78,17 @@ class FSDPWorker:
         self._shard(self.model)
         self.optimizer = self._build_optimizer()
         self.micro_batch_tokens = self.worker_cfg.micro_batch_tokens or auto_micro_batch_tokens(
-            self._hf_config(), self.vocab_logits
+            self._hf_config(), self.vocab_logits, device=self.device.type
         )
         return {
             "rank": self.rank, "pid": os.getpid(), "node": self.node_ip(), "backend": backend,
             "micro_batch_tokens": self.micro_batch_tokens,
         }  # fmt: skip
 
-    def _passes(self, data: TensorDict) -> list[TensorDict]:
-        """``data`` in row chunks of at most ``micro_batch_tokens`` tokens each (a shared prefix counted
-        once per chunk when prefix sharing is on), trimmed of padding.
+    def _passes(self, data: TensorDict) -> list[tuple[torch.Tensor, TensorDict]]:
+        """``data`` in passes of at most ``micro_batch_tokens`` tokens each, as (row indices, rows trimmed
+        of padding): rows of like length together (``steprl.modeling.length_sorted_passes``; a shared
+        prefix counted once per pass when prefix sharing is on).
 
         Every rank runs the same number of passes (each forward/backward is a sequence of FSDP
         collectives), so the count is the largest any rank needs.
@@ -95,16 +96,27 @@ class FSDPWorker:
         prefix = 0
         if self.worker_cfg.share_prefix and "input_ids" in data:  # not the preference groups' candidates
             prefix = usable_prefix(data["input_ids"], data["attention_mask"])  # what the forward shares
-        n = torch.tensor([passes_needed(data, self.micro_batch_tokens, prefix)], device=self.device)
+        n = torch.tensor([len(pass_rows(data, self.micro_batch_tokens, prefix))], device=self.device)
         dist.all_reduce(n, op=dist.ReduceOp.MAX)
-        return [trim_padding(chunk) for chunk in micro_batches(data, int(n))]
+        groups = pass_rows(data, self.micro_batch_tokens, prefix, int(n))
+        passes = []
+        for group in groups or [[]]:
+            index = torch.tensor(group, dtype=torch.long)
+            passes.append((index, trim_padding({k: v[index] for k, v in data.items()})))
+        return passes
 
     @torch.no_grad()
     def _per_pass(self, data: TensorDict, fn) -> torch.Tensor:
-        """``fn(chunk) -> [rows, width]`` over :meth:`_passes`, stitched back as wide as ``data``."""
+        """``fn(chunk) -> [rows, width]`` over :meth:`_passes`, put back in ``data``'s row order and width."""
         width = data["input_ids"].shape[1]
-        outs = [fn(chunk) for chunk in self._passes(data)]
-        return torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1])) for o in outs])
+        out: torch.Tensor | None = None
+        for index, chunk in self._passes(data):
+            part = fn(chunk)
+            if out is None:
+                out = part.new_zeros((data["input_ids"].shape[0], width))
+            out[index, : part.shape[1]] = part
+        assert out is not None
+        return out
 
     def _build_model(self) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
@@ -211,7 +223,7 @@ class FSDPWorker:
         dist.all_reduce(total)
         sums: dict[str, float] = {}
         local = 0.0
-        for chunk in self._passes(data):
+        for _, chunk in self._passes(data):
             mask = chunk[mask_key].to(self.device)
             count = float(self._weight_count(mask, agg))
             loss, metrics = loss_fn(chunk, mask)
