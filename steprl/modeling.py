@@ -149,16 +149,19 @@ def pass_rows(
             data["attention_mask"].sum(-1).tolist(), max_tokens, shared_prefix, num_passes
         )
     rows = next(iter(data.values())).shape[0]
-    num = max(1, min(max(num_passes, passes_needed(data, max_tokens)), rows))
+    return [list(range(a, b)) for a, b in row_bounds(rows, max(num_passes, passes_needed(data, max_tokens)))]
+
+
+def row_bounds(rows: int, num: int) -> list[tuple[int, int]]:
+    """``num`` (1 to ``rows``) contiguous row ranges of near-equal size, as (start, end)."""
+    num = max(1, min(num, rows))
     bounds = torch.linspace(0, rows, num + 1).round().long().tolist()
-    return [list(range(bounds[i], bounds[i + 1])) for i in range(num)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def micro_batches(data: TensorDict, num: int) -> list[TensorDict]:
     rows = next(iter(data.values())).shape[0]
-    num = max(1, min(num, rows))
-    bounds = torch.linspace(0, rows, num + 1).round().long().tolist()
-    return [{k: v[bounds[i] : bounds[i + 1]] for k, v in data.items()} for i in range(num)]
+    return [{k: v[a:b] for k, v in data.items()} for a, b in row_bounds(rows, num)]
 
 
 def trim_padding(data: TensorDict) -> TensorDict:

@@ -96,9 +96,11 @@ class FSDPWorker:
         prefix = 0
         if self.worker_cfg.share_prefix and "input_ids" in data:  # not the preference groups' candidates
             prefix = usable_prefix(data["input_ids"], data["attention_mask"])  # what the forward shares
-        n = torch.tensor([len(pass_rows(data, self.micro_batch_tokens, prefix))], device=self.device)
+        groups = pass_rows(data, self.micro_batch_tokens, prefix)
+        n = torch.tensor([len(groups)], device=self.device)
         dist.all_reduce(n, op=dist.ReduceOp.MAX)
-        groups = pass_rows(data, self.micro_batch_tokens, prefix, int(n))
+        if int(n) > len(groups):  # another rank needs more passes: split ours to match
+            groups = pass_rows(data, self.micro_batch_tokens, prefix, int(n))
         passes = []
         for group in groups or [[]]:
             index = torch.tensor(group, dtype=torch.long)
