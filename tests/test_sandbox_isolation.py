@@ -9,6 +9,7 @@ attacking another. Which channels the best-effort mode (no namespaces) closes is
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import tempfile
@@ -21,6 +22,7 @@ from dataclasses import replace
 import pytest
 
 from tools_env import sandbox
+from tools_env._keyring_gc import await_key_gc, key_count
 from tools_env.sandbox import SandboxIsolationWarning, SandboxLimits, probe_isolation, run_python
 
 IS_ROOT = os.geteuid() == 0
@@ -123,6 +125,41 @@ def concurrently(victim: str, attacker: str, limits: SandboxLimits, hold_s: floa
     pytest.fail("could not overlap the two runs (machine too loaded?)")
 
 
+def read_key_here(serial: int) -> bytes | None:
+    """KEYCTL_READ from this test process: root, but to a key of another uid only "other"."""
+    here = ctypes.CDLL(None, use_errno=True)
+    here.syscall.restype = ctypes.c_long
+    buf = ctypes.create_string_buffer(512)
+    keyctl = {"x86_64": 250, "aarch64": 219}[os.uname().machine]
+    n = here.syscall(ctypes.c_long(keyctl), ctypes.c_long(11), ctypes.c_long(serial), buf, ctypes.c_long(512))
+    return buf.raw[:n] if n > 0 else None
+
+
+def add_key_as(uid: int, payload: bytes) -> int:
+    """As ``uid`` (a forked child of this test), add a key anyone may read to its user keyring."""
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        serial = -1
+        try:
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.syscall.restype = ctypes.c_long
+            add_key, keyctl = {"x86_64": (248, 250), "aarch64": (217, 219)}[os.uname().machine]
+            L = ctypes.c_long
+            serial = libc.syscall(L(add_key), b"user", b"k-left", payload, L(len(payload)), L(-4))
+            libc.syscall(L(keyctl), L(5), L(serial), L(0x3F3F3F3F))  # KEYCTL_SETPERM
+        finally:
+            os.write(done_w, str(serial).encode())
+            os._exit(0)
+    os.close(done_w)
+    serial = int(os.read(done_r, 64) or b"-1")
+    os.close(done_r)
+    os.waitpid(pid, 0)
+    return serial
+
+
 def mark() -> bytes:
     return f"left-by-run-1-{uuid.uuid4().hex[:12]}".encode()
 
@@ -151,6 +188,57 @@ def test_keyrings_do_not_carry_over_to_a_later_run(mode):
     r = ok(reader, limits)
     assert secret.decode() not in r.stdout, r.stdout
     assert f"k-{tag}" not in r.stdout, f"run 2 sees run 1's keys:\n{r.stdout}"
+
+
+@pytest.mark.parametrize("mode", ["default", "best_effort"])
+def test_a_runs_keys_are_destroyed_before_run_python_returns(mode):
+    """The kernel destroys a dead run's session keyring some milliseconds after its last process exits;
+    a key opened to everyone is readable by serial until then, so run_python waits for that."""
+    limits = require(mode)
+    secret = mark()
+    writer = ""
+    for ring in (-3, -4, -5):
+        writer += f"k = add_key(b'k-gc{ring}', {secret!r}, {ring})\nprint('KEY', k)\n"
+        writer += "if k > 0:\n    keyctl(5, L(k), L(0x3F3F3F3F))\n"
+    serials = [int(s) for s in re.findall(r"^KEY (\d+)$", ok(writer, limits).stdout, re.M)]
+    assert serials, "the run could not add a key at all"
+    for serial in serials:  # read at once, from this test process
+        assert read_key_here(serial) is None, f"key {serial} of a finished run is still readable"
+
+
+def test_key_count_reads_proc_key_users(tmp_path):
+    table = tmp_path / "key-users"
+    table.write_text("    0:    10 9/9 3/1000000 3040/25000000\n2000000580:     3 5/4 2/200 36/20000\n")
+    assert key_count(2000000580, str(table)) == 5  # nkeys: live keys and keys awaiting the collector
+    assert key_count(0, str(table)) == 9 and key_count(12345, str(table)) == 0
+    assert key_count(1, str(tmp_path / "absent")) == 0  # a kernel without keys
+    start = time.monotonic()
+    assert not await_key_gc(2000000580, 4, timeout_s=0.1, path=str(table))
+    assert 0.1 <= time.monotonic() - start < 2.0
+    assert await_key_gc(2000000580, 5, timeout_s=0.0, path=str(table))
+    table.write_text("2000000580: garbled\n")  # a format this code does not know: fail closed
+    assert not await_key_gc(2000000580, 5, timeout_s=0.0, path=str(table))
+
+
+def test_a_uid_whose_keys_outlive_the_run_is_retired(monkeypatch):
+    limits = require("best_effort")
+    monkeypatch.setattr(sandbox, "await_key_gc", lambda uid, standing: False)
+    r = ok("print('hi')", limits)
+    lease = os.path.join(sandbox._lease_dir(), str(r.isolation["host_uid"]))
+    assert os.path.exists(lease + ".retired"), "a uid that may still own keys was handed back"
+
+
+def test_the_fallback_cleanup_clears_a_uid_whose_boot_was_killed():
+    """When boot dies before its janitor, the parent's fallback must still clear that uid's keyrings."""
+    limits = require("best_effort")
+    secret = mark()
+    with sandbox._lease_uid(limits) as (uid, _):
+        serial = add_key_as(uid, secret)
+        assert read_key_here(serial) == secret  # what a killed run leaves: a key anyone may read
+        status = sandbox._clean_up_after(uid)
+        assert status["cleaned"] and status["keys_standing"] >= 2, status
+        assert await_key_gc(uid, status["keys_standing"])
+        assert read_key_here(serial) is None
 
 
 def test_keyrings_do_not_pass_between_concurrent_runs():

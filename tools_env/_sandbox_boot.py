@@ -45,8 +45,9 @@ PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
 SYS_MOUNT_SETATTR = {"x86_64": 442, "aarch64": 442}.get(os.uname().machine)
 SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine)
 SYS_CAPSET = {"x86_64": 126, "aarch64": 91}.get(os.uname().machine)
-KEYCTL_JOIN_SESSION_KEYRING, KEYCTL_CLEAR, KEYCTL_GET_PERSISTENT = 1, 7, 22
-KEY_SPEC_PROCESS_KEYRING, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = -2, -4, -5
+KEYCTL_GET_KEYRING_ID, KEYCTL_JOIN_SESSION_KEYRING, KEYCTL_CLEAR, KEYCTL_GET_PERSISTENT = 0, 1, 7, 22
+KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = -4, -5
+CLEAR_FAILED = 255  # exit status of _clear_uid's child; 0-3 is the number of standing keyrings
 IPC_RMID = 0
 # where code of a run without a mount namespace can leave files for a later run (cleared at the end)
 SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")
@@ -399,7 +400,8 @@ def _init(cfg: dict, code: str, workdir: str, status_fd: int, alive_fd: int, net
         if done == pid:
             _status(status_fd, worker=_encode_status(st))
             if userns and not entered:  # the run's keyrings live in the host's register: clear them
-                _status(status_fd, cleaned=_clear_uid(cfg["host_uid"], kill=False))
+                standing = _clear_uid(cfg["host_uid"], kill=False)
+                _status(status_fd, cleaned=standing is not None, keys_standing=standing)
             os._exit(0)
 
 
@@ -442,12 +444,13 @@ def _uid_processes(uid: int) -> list[int]:
     return found
 
 
-def _clear_uid(uid: int, kill: bool) -> bool:
+def _clear_uid(uid: int, kill: bool) -> int | None:
     """As ``uid``: SIGKILL all its processes (kill(-1)), clear its user, user-session and persistent
-    keyrings. Returns False when something could not be cleared (the caller retires that uid)."""
+    keyrings. Returns how many keyrings the uid keeps standing (the parent waits for the rest of its
+    keys to be destroyed), or None when something could not be cleared (the caller retires that uid)."""
     pid = os.fork()
     if pid == 0:
-        failed = 0
+        failed, standing = False, set()
         try:
             os.setgroups([])
             os.setresgid(uid, uid, uid)
@@ -460,16 +463,21 @@ def _clear_uid(uid: int, kill: bool) -> bool:
                     break
             else:
                 failed |= kill
-            for ring in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING):
-                failed |= _keyctl(KEYCTL_CLEAR, ring) != 0
-            persistent = _keyctl(KEYCTL_GET_PERSISTENT, -1, KEY_SPEC_PROCESS_KEYRING)
+            # linked from the user keyring, not a process keyring: that would be one more key to outlive us
+            persistent = _keyctl(KEYCTL_GET_PERSISTENT, -1, KEY_SPEC_USER_KEYRING)
             if persistent > 0:
                 failed |= _keyctl(KEYCTL_CLEAR, persistent) != 0
+                standing.add(persistent)
+            for ring in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING):
+                failed |= _keyctl(KEYCTL_CLEAR, ring) != 0
+                standing.add(_keyctl(KEYCTL_GET_KEYRING_ID, ring, 0))
+            failed |= min(standing) <= 0
         except BaseException:
-            failed = 1
-        os._exit(int(failed))
+            failed = True
+        os._exit(CLEAR_FAILED if failed else len(standing))
     _, st = os.waitpid(pid, 0)
-    return os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0
+    code = os.WEXITSTATUS(st) if os.WIFEXITED(st) else CLEAR_FAILED
+    return None if code == CLEAR_FAILED else code
 
 
 def _remove_ipc(uid: int) -> None:
@@ -509,17 +517,17 @@ def _remove_files(uid: int, dirs) -> None:
                     os.unlink(path)
 
 
-def _janitor(cfg: dict) -> bool:
+def _janitor(cfg: dict) -> dict:
     """End of a run without namespaces: kill every descendant, remove what the run's uid left behind."""
     _kill_descendants()
     uid = cfg["host_uid"]
     if uid is None:
-        return True
-    cleaned = _clear_uid(uid, kill=True)
+        return {"cleaned": True}
+    standing = _clear_uid(uid, kill=True)
     _kill_descendants()  # reap what kill(-1) hit
     _remove_ipc(uid)
     _remove_files(uid, (*SHARED_WRITABLE, cfg["tempdir"]))
-    return cleaned
+    return {"cleaned": standing is not None, "keys_standing": standing}
 
 
 def _kill_on_sigterm(child: int) -> None:
@@ -527,7 +535,18 @@ def _kill_on_sigterm(child: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: os.kill(child, signal.SIGKILL))
 
 
+def _clean_up_after(uid: int, tempdir: str) -> None:
+    """``--clean-up``: what the janitor does, for a run whose boot was killed before it could."""
+    standing = _clear_uid(uid, kill=True)
+    _remove_ipc(uid)
+    _remove_files(uid, (*SHARED_WRITABLE, tempdir))
+    print(json.dumps({"cleaned": standing is not None, "keys_standing": standing}))
+
+
 def main() -> None:
+    if sys.argv[1] == "--clean-up":
+        _clean_up_after(int(sys.argv[2]), sys.argv[3])
+        return
     cfg = json.loads(sys.argv[1])
     code = sys.stdin.buffer.read().decode("utf-8", "replace")
     status_fd = cfg["status_fd"]
@@ -583,7 +602,7 @@ def main() -> None:
     _, st = os.waitpid(pid, 0)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the worker's pid is free now; finish the cleanup
     _status(status_fd, worker=_encode_status(st))
-    _status(status_fd, cleaned=_janitor(cfg))
+    _status(status_fd, **_janitor(cfg))
     os._exit(0)
 
 

@@ -59,6 +59,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tools_env._keyring_gc import await_key_gc, key_count
+
 BOOT = str(Path(__file__).with_name("_sandbox_boot.py"))
 DEFAULT_PRELOAD = (
     "math", "cmath", "json", "re", "collections", "itertools", "functools", "fractions", "decimal",
@@ -178,8 +180,22 @@ def _lease_uid(limits: SandboxLimits) -> Iterator[tuple[int | None, str | None]]
     )
 
 
+def _clean_up_after(uid: int) -> dict[str, Any]:
+    """Fallback when boot was killed before its cleanup: kill what ``uid`` runs, then let a fresh boot
+    process remove what it left (keyrings, IPC, files); returns boot's ``cleaned``/``keys_standing``."""
+    _kill_uid(uid)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", BOOT, "--clean-up", str(uid), tempfile.gettempdir()],
+            capture_output=True, timeout=30, env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
+        )  # fmt: skip
+        return {"cleaned": False, **json.loads(done.stdout.decode().strip().splitlines()[-1])}
+    except (subprocess.TimeoutExpired, json.JSONDecodeError, IndexError, OSError):
+        return {"cleaned": False}
+
+
 def _kill_uid(uid: int) -> None:
-    """Fallback when boot could not clean up (it was killed): SIGKILL every process of ``uid``."""
+    """SIGKILL every process of ``uid`` (boot could not: it was killed)."""
     for _ in range(100):
         found = False
         for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -332,16 +348,21 @@ def run_python(code: str, limits: SandboxLimits | None = None) -> SandboxResult:
 
 def _run_once(code: str, limits: SandboxLimits) -> tuple[SandboxResult, dict[str, Any]]:
     with _lease_uid(limits) as (host_uid, lease):
+        keys_before = 0
+        if host_uid is not None:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                keys_before = key_count(host_uid)
         result, status = _run_as(code, limits, host_uid)
         started = "report" in status  # boot got as far as starting the code under that uid
-        if (
-            started
-            and host_uid is not None
-            and not status.get("cleaned")
-            and not status.get("user_namespace")
-        ):
-            _kill_uid(host_uid)  # boot did not finish its cleanup: what that uid left may persist
-            Path(lease + ".retired").touch()
+        if started and host_uid is not None:
+            if not (status.get("cleaned") or status.get("user_namespace")):
+                status.update(_clean_up_after(host_uid))  # boot was stopped before it cleaned up
+            # the run's keys die some time after it does; a later run must not find one by its serial.
+            # No keys_standing: the run had a user namespace and the host's keyrings of its uid are as before
+            standing = status.get("keys_standing")
+            drained = await_key_gc(host_uid, keys_before if standing is None else standing)
+            if not (drained and (status.get("cleaned") or status.get("user_namespace"))):
+                Path(lease + ".retired").touch()  # what that uid left may persist: never hand it out again
     return result, status
 
 
