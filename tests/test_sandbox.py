@@ -36,7 +36,8 @@ def assert_refused(result, *fragments: str) -> None:
 @pytest.fixture(autouse=True)
 def still_works_afterwards():
     yield
-    assert run_python("print(1+1)", FAST).stdout == "2\n"
+    r = run_python("print(1+1)", FAST)
+    assert r.stdout == "2\n", r
 
 
 def test_normal_code_runs_and_reports_isolation():

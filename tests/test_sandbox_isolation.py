@@ -132,6 +132,8 @@ def read_key_here(serial: int) -> bytes | None:
     buf = ctypes.create_string_buffer(512)
     keyctl = {"x86_64": 250, "aarch64": 219}[os.uname().machine]
     n = here.syscall(ctypes.c_long(keyctl), ctypes.c_long(11), ctypes.c_long(serial), buf, ctypes.c_long(512))
+    if n <= 0:
+        print(f"KEYCTL_READ {serial}: {os.strerror(ctypes.get_errno())}")
     return buf.raw[:n] if n > 0 else None
 
 
@@ -148,8 +150,11 @@ def add_key_as(uid: int, payload: bytes) -> int:
             libc.syscall.restype = ctypes.c_long
             add_key, keyctl = {"x86_64": (248, 250), "aarch64": (217, 219)}[os.uname().machine]
             L = ctypes.c_long
-            serial = libc.syscall(L(add_key), b"user", b"k-left", payload, L(len(payload)), L(-4))
-            libc.syscall(L(keyctl), L(5), L(serial), L(0x3F3F3F3F))  # KEYCTL_SETPERM
+            # made in the process keyring, which this process possesses (the right to KEYCTL_SETPERM), then
+            # linked into the user keyring, where it outlives the process
+            serial = libc.syscall(L(add_key), b"user", b"k-left", payload, L(len(payload)), L(-2))
+            assert libc.syscall(L(keyctl), L(5), L(serial), L(0x3F3F3F3F)) == 0  # KEYCTL_SETPERM
+            assert libc.syscall(L(keyctl), L(8), L(serial), L(-4)) == 0  # KEYCTL_LINK
         finally:
             os.write(done_w, str(serial).encode())
             os._exit(0)

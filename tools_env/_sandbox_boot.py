@@ -15,7 +15,7 @@ When init exits the kernel kills whatever is left in its pid namespace, so nothi
 outlive the run; the user namespace gives the run its own user keyrings, which die with it. Without
 namespaces ``boot`` is a child subreaper and forks the worker directly (as this run's host uid); at the
 end it kills every descendant and removes what that uid left in the kernel (keyrings, SysV IPC) and at
-the top of the shared writable directories (see ``_janitor``). Status lines (JSON) go to the file
+the top of the shared writable directories (``_sandbox_janitor``). Status lines (JSON) go to the file
 descriptor ``status_fd`` which the worker closes before running untrusted code.
 """
 
@@ -29,12 +29,15 @@ import os
 import posix
 import resource
 import select
-import shutil
 import signal
 import socket
-import stat
 import sys
 import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I left out this script's directory
+from _sandbox_janitor import KEYCTL_JOIN_SESSION_KEYRING, clean_up_after, clear_uid, janitor, keyctl  # noqa: E402
+
+del sys.path[0]  # the code run later must not import this directory's modules by accident
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUSER = 0x20000000, 0x40000000, 0x10000000
@@ -43,14 +46,7 @@ MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = 1, 38, 36
 PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
 SYS_MOUNT_SETATTR = {"x86_64": 442, "aarch64": 442}.get(os.uname().machine)
-SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine)
 SYS_CAPSET = {"x86_64": 126, "aarch64": 91}.get(os.uname().machine)
-KEYCTL_GET_KEYRING_ID, KEYCTL_JOIN_SESSION_KEYRING, KEYCTL_CLEAR, KEYCTL_GET_PERSISTENT = 0, 1, 7, 22
-KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = -4, -5
-CLEAR_FAILED = 255  # exit status of _clear_uid's child; 0-3 is the number of standing keyrings
-IPC_RMID = 0
-# where code of a run without a mount namespace can leave files for a later run (cleared at the end)
-SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")
 AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = -100, 0x8000, 1
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -77,12 +73,6 @@ def _mount(src, target, fstype, flags, data=None) -> None:
 
 def _unshare(flags: int) -> bool:
     return libc.unshare(flags) == 0
-
-
-def _keyctl(op: int, *args: int) -> int:
-    if SYS_KEYCTL is None:
-        return -1
-    return libc.syscall(SYS_KEYCTL, ctypes.c_long(op), *(ctypes.c_long(a) for a in args))
 
 
 def _status(fd: int, **fields) -> None:
@@ -280,7 +270,7 @@ def _drop_privileges(cfg: dict, sync: tuple[int, int] | None) -> None:
     # no setuid binary (su, mount, passwd ...) can give privileges back; exec is also blocked by NPROC
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
     # a session keyring of its own: the inherited one is the caller's, shared by every run
-    if _keyctl(KEYCTL_JOIN_SESSION_KEYRING, 0) < 0:
+    if keyctl(KEYCTL_JOIN_SESSION_KEYRING, 0) < 0:
         raise OSError(ctypes.get_errno(), f"keyctl(JOIN_SESSION_KEYRING): {os.strerror(ctypes.get_errno())}")
 
 
@@ -400,134 +390,9 @@ def _init(cfg: dict, code: str, workdir: str, status_fd: int, alive_fd: int, net
         if done == pid:
             _status(status_fd, worker=_encode_status(st))
             if userns and not entered:  # the run's keyrings live in the host's register: clear them
-                standing = _clear_uid(cfg["host_uid"], kill=False)
+                standing = clear_uid(cfg["host_uid"], kill=False)
                 _status(status_fd, cleaned=standing is not None, keys_standing=standing)
             os._exit(0)
-
-
-def _children() -> list[int]:
-    """This process's children (zombies included), from /proc/self/task/*/children."""
-    kids: list[int] = []
-    for tid in os.listdir("/proc/self/task"):
-        with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/children") as f:
-            kids += [int(p) for p in f.read().split()]
-    return kids
-
-
-def _kill_descendants() -> None:
-    """SIGKILL and reap every descendant. As a child subreaper every orphan in the tree comes back here,
-    so repeating until no child is left also catches setsid + double-fork daemons."""
-    for _ in range(10_000):
-        kids = _children()
-        if not kids:
-            return
-        for kid in kids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(kid, signal.SIGKILL)
-        for kid in kids:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(kid, 0)
-
-
-def _uid_processes(uid: int) -> list[int]:
-    """Live (not zombie) processes other than this one whose real, effective or saved uid is ``uid``."""
-    found = []
-    me = str(os.getpid())
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or pid == me:
-            continue
-        with contextlib.suppress(OSError, StopIteration, IndexError):
-            with open(f"/proc/{pid}/status") as f:
-                lines = {k: v for k, _, v in (line.partition(":") for line in f)}
-            if lines["State"].split()[0] not in ("Z", "X") and str(uid) in lines["Uid"].split()[:3]:
-                found.append(int(pid))
-    return found
-
-
-def _clear_uid(uid: int, kill: bool) -> int | None:
-    """As ``uid``: SIGKILL all its processes (kill(-1)), clear its user, user-session and persistent
-    keyrings. Returns how many keyrings the uid keeps standing (the parent waits for the rest of its
-    keys to be destroyed), or None when something could not be cleared (the caller retires that uid)."""
-    pid = os.fork()
-    if pid == 0:
-        failed, standing = False, set()
-        try:
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-            for _ in range(100 if kill else 0):
-                # kill(-1) reports success whenever the host has any other process, so look in /proc
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(-1, signal.SIGKILL)  # every process of this uid but this one
-                if not _uid_processes(uid):
-                    break
-            else:
-                failed |= kill
-            # linked from the user keyring, not a process keyring: that would be one more key to outlive us
-            persistent = _keyctl(KEYCTL_GET_PERSISTENT, -1, KEY_SPEC_USER_KEYRING)
-            if persistent > 0:
-                failed |= _keyctl(KEYCTL_CLEAR, persistent) != 0
-                standing.add(persistent)
-            for ring in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING):
-                failed |= _keyctl(KEYCTL_CLEAR, ring) != 0
-                standing.add(_keyctl(KEYCTL_GET_KEYRING_ID, ring, 0))
-            failed |= min(standing) <= 0
-        except BaseException:
-            failed = True
-        os._exit(CLEAR_FAILED if failed else len(standing))
-    _, st = os.waitpid(pid, 0)
-    code = os.WEXITSTATUS(st) if os.WIFEXITED(st) else CLEAR_FAILED
-    return None if code == CLEAR_FAILED else code
-
-
-def _remove_ipc(uid: int) -> None:
-    """Remove the SysV shared memory, message queues and semaphores ``uid`` owns or created."""
-    for kind, rm in (("shm", libc.shmctl), ("msg", libc.msgctl), ("sem", libc.semctl)):
-        try:
-            with open(f"/proc/sysvipc/{kind}") as f:
-                header, *rows = [line.split() for line in f if line.strip()]
-        except OSError:
-            continue
-        col = {name: i for i, name in enumerate(header)}
-        ident = col.get("shmid", col.get("msqid", col.get("semid")))
-        for row in rows:
-            if str(uid) in (row[col["uid"]], row[col["cuid"]]):
-                if kind == "sem":
-                    rm(int(row[ident]), 0, IPC_RMID)
-                else:
-                    rm(int(row[ident]), IPC_RMID, None)
-
-
-def _remove_files(uid: int, dirs) -> None:
-    """Remove the entries ``uid`` owns at the top of the shared writable directories."""
-    for d in dict.fromkeys(dirs):
-        try:
-            names = os.listdir(d)
-        except OSError:
-            continue
-        for name in names:
-            path = os.path.join(d, name)
-            with contextlib.suppress(OSError):
-                st = os.lstat(path)
-                if st.st_uid != uid:
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    shutil.rmtree(path)  # does not follow symlinks (fd-based on Linux)
-                else:
-                    os.unlink(path)
-
-
-def _janitor(cfg: dict) -> dict:
-    """End of a run without namespaces: kill every descendant, remove what the run's uid left behind."""
-    _kill_descendants()
-    uid = cfg["host_uid"]
-    if uid is None:
-        return {"cleaned": True}
-    standing = _clear_uid(uid, kill=True)
-    _kill_descendants()  # reap what kill(-1) hit
-    _remove_ipc(uid)
-    _remove_files(uid, (*SHARED_WRITABLE, cfg["tempdir"]))
-    return {"cleaned": standing is not None, "keys_standing": standing}
 
 
 def _kill_on_sigterm(child: int) -> None:
@@ -535,17 +400,9 @@ def _kill_on_sigterm(child: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: os.kill(child, signal.SIGKILL))
 
 
-def _clean_up_after(uid: int, tempdir: str) -> None:
-    """``--clean-up``: what the janitor does, for a run whose boot was killed before it could."""
-    standing = _clear_uid(uid, kill=True)
-    _remove_ipc(uid)
-    _remove_files(uid, (*SHARED_WRITABLE, tempdir))
-    print(json.dumps({"cleaned": standing is not None, "keys_standing": standing}))
-
-
 def main() -> None:
     if sys.argv[1] == "--clean-up":
-        _clean_up_after(int(sys.argv[2]), sys.argv[3])
+        clean_up_after(int(sys.argv[2]), sys.argv[3])
         return
     cfg = json.loads(sys.argv[1])
     code = sys.stdin.buffer.read().decode("utf-8", "replace")
@@ -602,7 +459,7 @@ def main() -> None:
     _, st = os.waitpid(pid, 0)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the worker's pid is free now; finish the cleanup
     _status(status_fd, worker=_encode_status(st))
-    _status(status_fd, **_janitor(cfg))
+    _status(status_fd, **janitor(cfg))
     os._exit(0)
 
 
