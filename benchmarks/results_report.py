@@ -87,13 +87,23 @@ def render_failures(modes: dict[str, dict[str, Any]], tasks: int = 64) -> list[s
     lines = [
         f"Where episodes fail (`python -m steprl.eval`, T=1, {tasks} held-out tasks per seed; shares of episodes):",
         "",
-        f"| policy | episodes | {head} | non-contributing steps / episode |",
-        "| --- | --- | " + " | ".join("---" for _ in FAILURE_KINDS) + " | --- |",
+        f"| policy | episodes | {head} | non-contributing steps / episode | tool calls / episode "
+        "| gives up, solvable task | gives up, unsolvable task |",
+        "| --- | --- | " + " | ".join("---" for _ in FAILURE_KINDS) + " | --- | --- | --- | --- |",
     ]
     for recipe, m in modes.items():
         cells = " | ".join(f"{m[k]:.3f}" for k in FAILURE_KINDS)
-        lines.append(f"| {LABELS[recipe]} | {int(m['episodes'])} | {cells} | {m['wasted_steps']:.2f} |")
+        give_up = " | ".join(_share(m.get(k)) for k in ("give_up_solvable", "give_up_unsolvable"))
+        steps = _share(m.get("steps"), "{:.2f}")
+        lines.append(
+            f"| {LABELS[recipe]} | {int(m['episodes'])} | {cells} | {m['wasted_steps']:.2f} | {steps} | {give_up} |"
+        )
     return [*lines, ""]
+
+
+def _share(value: float | None, fmt: str = "{:.3f}") -> str:
+    """A cell for a measure some analyses lack (older files) or that has no episodes (nan): ``-``."""
+    return "-" if value is None or value != value else fmt.format(value)
 
 
 def render_by_index(modes: dict[str, dict[str, Any]], max_index: int = 8) -> list[str]:

@@ -218,13 +218,21 @@ def success_by_call_index(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
 
 
 def classify(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Shares of FAILURE_KINDS over evaluation rows, and non-contributing tool steps per episode."""
+    """Shares of FAILURE_KINDS over evaluation rows, non-contributing tool steps per episode, and how
+    the policy gives up: on a task the tools can solve (a failure) and on one they cannot (right)."""
+    from tools_env.suites.relay import UNSOLVABLE_KINDS, gives_up
+
     counts = dict.fromkeys(FAILURE_KINDS, 0)
     wasted_steps = 0
+    gave_up = {True: 0, False: 0}  # by "the task is unsolvable"
+    tasks = {True: 0, False: 0}
     for r in rows:
         tool_steps = [s for s in r["steps"] if not s["is_final"]]
         wasted = [s for s in tool_steps if s["contribution"] <= 0]
         wasted_steps += len(wasted)
+        unsolvable = r.get("task", {}).get("meta", {}).get("kind") in UNSOLVABLE_KINDS
+        tasks[unsolvable] += 1
+        gave_up[unsolvable] += r["end_reason"] == "answer" and gives_up(r.get("final_answer"))
         if r["pass_score"] >= 1.0:
             counts["solved"] += 1
         elif r["end_reason"] != "answer":
@@ -236,7 +244,14 @@ def classify(rows: list[dict[str, Any]]) -> dict[str, float]:
         else:
             counts["answer_slip"] += 1
     n = len(rows)
-    return {**{k: v / n for k, v in counts.items()}, "wasted_steps": wasted_steps / n, "episodes": float(n)}
+    return {
+        **{k: v / n for k, v in counts.items()},
+        "wasted_steps": wasted_steps / n,
+        "episodes": float(n),
+        "give_up_solvable": gave_up[False] / tasks[False] if tasks[False] else float("nan"),
+        "give_up_unsolvable": gave_up[True] / tasks[True] if tasks[True] else float("nan"),
+        "steps": sum(len([s for s in r["steps"] if not s["is_final"]]) for r in rows) / n,
+    }
 
 
 def episodes_per_run(run_dir: Path) -> int:

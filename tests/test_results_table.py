@@ -86,6 +86,31 @@ def test_relay_report_has_its_own_section_and_call_index_table(tmp_path: Path):
     assert doc.read_text().count(begin) == 1
 
 
+def test_failure_kinds_and_give_ups_are_counted_by_hand():
+    def row(score, end, answer, kind, calls):
+        steps = [{"is_final": False, "succ_calling": ok, "contribution": c} for ok, c in calls]
+        task = {"meta": {"kind": kind}}
+        return {"pass_score": score, "end_reason": end, "final_answer": answer, "task": task, "steps": steps}
+
+    give_up = "I give up: the tools cannot answer this."
+    rows = [
+        row(1.0, "answer", "42", "chain", [(1, 1), (1, 1)]),  # solved
+        row(0.0, "answer", give_up, "chain", [(0, 0)]),  # a failed call, then gave up on a solvable task
+        row(0.0, "answer", "7", "chain", [(1, 0), (1, 1)]),  # a wasted step
+        row(0.0, "answer", "7", "chain", [(1, 1)]),  # every step contributed: the answer slipped
+        row(0.0, "max_turns", None, "chain", [(1, 1), (1, 1), (1, 0)]),  # no answer
+        row(1.0, "answer", give_up, "missing_user", []),  # the right give-up
+        row(0.0, "answer", "3", "archive", [(1, 0)]),  # an unsolvable task answered anyway
+    ]
+    m = rt.classify(rows)
+    assert m["episodes"] == 7
+    assert (m["solved"], m["failed_call"], m["wasted_step"]) == (2 / 7, 1 / 7, 2 / 7)
+    assert (m["answer_slip"], m["no_answer"]) == (1 / 7, 1 / 7)
+    assert m["wasted_steps"] == 4 / 7  # steps with contribution <= 0
+    assert m["steps"] == 10 / 7
+    assert m["give_up_solvable"] == 1 / 5 and m["give_up_unsolvable"] == 1 / 2
+
+
 def test_calibration_block_states_numbers_and_targets(tmp_path: Path):
     cfg, _ = load_config(["recipe=sft", *rt.SUITES["relay"].overrides])
     summary = {"tool_success_after_rl": 0.712, "greedy_pass_rate_after_rl": 0.65, "pass_rate_after_rl": 0.41}
