@@ -40,6 +40,9 @@ class SuiteSetup:
     section: str = ""  # marker tag in docs/RESULTS.md ("" = the original atlas block)
     by_index: bool = False  # add the Figure 4 analogue (tool-call success by call index)
     budget: tuple[int, int, int] = (6, 320, 48)  # max turns, response tokens, tokens per turn
+    # the failure evaluation's engine: hf for atlas's 64 tasks; vLLM (with a small KV cache, beside a
+    # training run) where 640 tasks on the per-token hf loop would take 15+ minutes per policy
+    eval_engine: tuple[str, ...] = ("rollout.engine=hf", "eval.threads=1")
 
 
 RELAY_BUDGET = (12, 720, 48)
@@ -55,6 +58,7 @@ SUITES: dict[str, SuiteSetup] = {
             "rollout.eval_samples=1",
         ),
         eval_tasks=640,
+        eval_engine=("rollout.engine=vllm", "rollout.gpu_memory_utilization=0.05"),
         out="runs/results-relay",
         plot="docs/results_curves_relay.png",
         section="relay",

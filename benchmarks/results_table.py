@@ -197,9 +197,9 @@ def failure_modes(
             )
             path = analysis / f"{recipe}-seed{seed}.json"
             if not path.exists() and run_evals and model.is_dir():
-                cmd = [sys.executable, "-m", "steprl.eval", f"model.path={model}", "rollout.engine=hf"]
+                cmd = [sys.executable, "-m", "steprl.eval", f"model.path={model}", *setup.eval_engine]
                 cmd += ["eval.temperature=1", f"eval.num_tasks={setup.eval_tasks}", f"data.seed={seed}"]
-                cmd += ["eval.threads=1", f"data.suite={suite}", f"rollout.max_turns={setup.budget[0]}"]
+                cmd += [f"data.suite={suite}", f"rollout.max_turns={setup.budget[0]}"]
                 cmd += [f"rollout.max_response_tokens={setup.budget[1]}"]
                 cmd += [f"rollout.max_tokens_per_turn={setup.budget[2]}"]
                 subprocess.run([*cmd, f"eval.output={path}"], cwd=REPO, capture_output=True, check=True)
