@@ -17,14 +17,14 @@ KEY_GC_WAIT_S = 5.0  # far beyond what the collector takes on a loaded 2-core ho
 def key_count(uid: int, path: str = "/proc/key-users") -> int:
     """How many keys ``uid`` owns, counting those the collector has not destroyed yet (0 if none)."""
     try:
-        f = open(path)  # noqa: SIM115 (closed below)
+        with open(path) as f:
+            lines = f.read().splitlines()
     except FileNotFoundError:  # a kernel without keys (CONFIG_KEYS=n)
         return 0
-    with f:
-        for line in f:
-            who, _, rest = line.partition(":")
-            if who.strip() == str(uid):  # "uid: usage nkeys/nikeys qnkeys/maxkeys qnbytes/maxbytes"
-                return int(rest.split()[1].split("/")[0])
+    for line in lines:
+        who, _, rest = line.partition(":")
+        if who.strip() == str(uid):  # "uid: usage nkeys/nikeys qnkeys/maxkeys qnbytes/maxbytes"
+            return int(rest.split()[1].split("/")[0])
     return 0
 
 

@@ -35,7 +35,7 @@ import sys
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I left out this script's directory
-from _sandbox_janitor import KEYCTL_JOIN_SESSION_KEYRING, clean_up_after, clear_uid, janitor, keyctl  # noqa: E402
+from _sandbox_janitor import KEYCTL_JOIN_SESSION_KEYRING, clear_uid, janitor, keyctl, remove_what_uid_left  # noqa: E402
 
 del sys.path[0]  # the code run later must not import this directory's modules by accident
 
@@ -402,7 +402,7 @@ def _kill_on_sigterm(child: int) -> None:
 
 def main() -> None:
     if sys.argv[1] == "--clean-up":
-        clean_up_after(int(sys.argv[2]), sys.argv[3])
+        print(json.dumps(remove_what_uid_left(int(sys.argv[2]), sys.argv[3])))
         return
     cfg = json.loads(sys.argv[1])
     code = sys.stdin.buffer.read().decode("utf-8", "replace")

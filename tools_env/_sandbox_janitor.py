@@ -3,12 +3,11 @@
 As root on the host, after a run: kill every descendant, and as the run's uid clear its keyrings, then
 remove the SysV IPC objects it owns and its entries at the top of the shared writable directories.
 ``python -I -S _sandbox_boot.py --clean-up <uid> <tempdir>`` runs the same for a run whose boot was
-killed before it could (``tools_env.sandbox._clean_up_after``).
+killed before it could (``tools_env.sandbox._clean_up_after`` runs it).
 """
 
 import contextlib
 import ctypes
-import json
 import os
 import shutil
 import signal
@@ -149,19 +148,16 @@ def _remove_files(uid: int, dirs) -> None:
 def janitor(cfg: dict) -> dict:
     """End of a run without namespaces: kill every descendant, remove what the run's uid left behind."""
     _kill_descendants()
-    uid = cfg["host_uid"]
-    if uid is None:
+    if cfg["host_uid"] is None:
         return {"cleaned": True}
-    standing = clear_uid(uid, kill=True)
-    _kill_descendants()  # reap what kill(-1) hit
-    _remove_ipc(uid)
-    _remove_files(uid, (*SHARED_WRITABLE, cfg["tempdir"]))
-    return {"cleaned": standing is not None, "keys_standing": standing}
+    return remove_what_uid_left(cfg["host_uid"], cfg["tempdir"])
 
 
-def clean_up_after(uid: int, tempdir: str) -> None:
-    """``--clean-up``: what the janitor does, for a run whose boot was killed before it could."""
+def remove_what_uid_left(uid: int, tempdir: str) -> dict:
+    """Kill ``uid``'s processes, clear its keyrings, remove its IPC objects and shared files; also the
+    ``--clean-up`` of a run whose boot was killed before its janitor could do this."""
     standing = clear_uid(uid, kill=True)
+    _kill_descendants()  # reap what kill(-1) hit among our children
     _remove_ipc(uid)
     _remove_files(uid, (*SHARED_WRITABLE, tempdir))
-    print(json.dumps({"cleaned": standing is not None, "keys_standing": standing}))
+    return {"cleaned": standing is not None, "keys_standing": standing}

@@ -357,11 +357,12 @@ def _run_once(code: str, limits: SandboxLimits) -> tuple[SandboxResult, dict[str
         if started and host_uid is not None:
             if not (status.get("cleaned") or status.get("user_namespace")):
                 status.update(_clean_up_after(host_uid))  # boot was stopped before it cleaned up
+            cleaned = status.get("cleaned") or status.get("user_namespace")
             # the run's keys die some time after it does; a later run must not find one by its serial.
             # No keys_standing: the run had a user namespace and the host's keyrings of its uid are as before
             standing = status.get("keys_standing")
             drained = await_key_gc(host_uid, keys_before if standing is None else standing)
-            if not (drained and (status.get("cleaned") or status.get("user_namespace"))):
+            if not (drained and cleaned):
                 Path(lease + ".retired").touch()  # what that uid left may persist: never hand it out again
     return result, status
 
