@@ -154,6 +154,11 @@ class WorkerConfig:
     # run the prompt prefix every row of a pass shares (system prompt, tool schemas) once, its keys and
     # values repeated along the batch (steprl.modeling.prefix_shared_forward); false: every row in full
     share_prefix: bool = True
+    # keep the parameters gathered and the gradients unreduced across one call's passes: one all-gather
+    # and one reduce-scatter per mini-batch instead of two all-gathers and a reduce-scatter per pass. It
+    # holds a full copy of the parameters (and, in an update, of the gradients) on every rank while it runs:
+    # set false for a model that only fits sharded (workers.fsdp.FSDPWorker._gathered)
+    gather_once: bool = True
     num_cpus: float = 0.5
     num_gpus: float = 0.0
 

@@ -10,16 +10,46 @@ import torch
 TensorDict = dict[str, torch.Tensor]
 
 
+class _PickedLogprob(torch.autograd.Function):
+    """``log_softmax(logits)[..., ids]``, keeping only the log-softmax for the backward.
+
+    Autograd's ``log_softmax`` then ``gather`` makes the backward allocate a zero-filled vocabulary-wide
+    tensor to scatter into and then another for the log-softmax gradient; here the gradient is
+    ``onehot(ids) * g - softmax * g``, written into one tensor (``exp`` of the saved log-softmax).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits, dim=-1)
+        ctx.save_for_backward(logp, ids)
+        return logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logp, ids = ctx.saved_tensors
+        grad = grad.unsqueeze(-1)
+        out = logp.exp().mul_(-grad)
+        return out.scatter_add_(-1, ids.unsqueeze(-1), grad), None
+
+
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, start: int = 1) -> torch.Tensor:
     """``out[b, t] = log p(input_ids[b, t] | < t)`` for ``t >= start``; earlier columns are 0.
 
-    ``logits`` are the model's logits at positions ``start - 1 .. L - 1`` (``logits_to_keep=L - start + 1``;
-    all positions when ``start == 1``): the prompt's logits are never computed when nothing reads them.
+    ``logits`` are the model's logits at positions ``start - 1 .. L - 2`` (what :func:`kept_positions`
+    keeps: the prompt's logits are never computed when nothing reads them, nor the last position's), or
+    at ``start - 1 .. L - 1`` (``start == 1``: all positions), the last then dropped.
     """
     length = input_ids.shape[1]
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    picked = logp.gather(-1, input_ids[:, start:].unsqueeze(-1)).squeeze(-1)
+    if logits.shape[1] == length - start + 1:
+        logits = logits[:, :-1]
+    picked = _PickedLogprob.apply(logits.float().contiguous(), input_ids[:, start:])
     return torch.nn.functional.pad(picked, (length - picked.shape[1], 0))  # as wide as input_ids
+
+
+def kept_positions(width: int, keep_from: int, offset: int = 0) -> torch.Tensor:
+    """``logits_to_keep`` for the logits at columns ``keep_from .. width - 2`` of a row ``width`` wide
+    whose model input starts at column ``offset``: the positions that predict a token of the row."""
+    return torch.arange(keep_from - offset, width - 1 - offset)
 
 
 def first_used_column(mask: torch.Tensor) -> int:
@@ -197,6 +227,20 @@ def usable_prefix(
     return prefix if min_prefix <= prefix < input_ids.shape[1] else 0
 
 
+class _JoinGraph(torch.autograd.Function):
+    """``tail`` itself, with ``other`` joined to its graph: the backward gives ``other`` a zero gradient,
+    so it runs through ``other``'s graph too (an ``x + 0 * other.sum()`` without a vocabulary-wide add)."""
+
+    @staticmethod
+    def forward(ctx, tail: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        ctx.other_shape, ctx.other_dtype = other.shape, other.dtype
+        return tail.view_as(tail)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return grad, grad.new_zeros(ctx.other_shape, dtype=ctx.other_dtype)
+
+
 def prefix_shared_forward(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -204,8 +248,9 @@ def prefix_shared_forward(
     keep_from: int | None = None,
     prefix: int | None = None,
 ) -> torch.Tensor:
-    """The model's logits (``[B, L - keep_from, V]`` from column ``keep_from`` on, else ``[B, L, V]``),
-    with the rows' shared prefix run once instead of once per row.
+    """The model's logits (``[B, L - 1 - keep_from, V]`` at columns ``keep_from .. L - 2``: those that
+    predict a token of the row, else all ``[B, L, V]``), with the rows' shared prefix run once instead of
+    once per row.
 
     Causal attention makes the prefix's keys and values the same in every row, so they are computed on
     one row and repeated along the batch as the cache of the rest; the gradient reaches the prefix
@@ -217,10 +262,10 @@ def prefix_shared_forward(
     from transformers import DynamicCache
 
     width = input_ids.shape[1]
-    keep = {} if keep_from is None else {"logits_to_keep": width - keep_from}
     if prefix is None:
         prefix = usable_prefix(input_ids, attention_mask, keep_from)
     if prefix <= 0:
+        keep = {} if keep_from is None else {"logits_to_keep": kept_positions(width, keep_from)}
         return model(input_ids=input_ids, attention_mask=attention_mask, **keep).logits
     alive = attention_mask.bool().any(1)
     if not bool(alive.all()):  # padding rows see the prefix too: their outputs are never read
@@ -240,6 +285,7 @@ def prefix_shared_forward(
             f"{type(model).__name__} did not fill the key/value cache: prefix sharing needs it"
         )
     cache.batch_repeat_interleave(input_ids.shape[0])
+    keep = {} if keep_from is None else {"logits_to_keep": kept_positions(width, keep_from, prefix)}
     tail = model(
         input_ids=input_ids[:, prefix:],
         attention_mask=attention_mask,
@@ -250,6 +296,5 @@ def prefix_shared_forward(
     if keep_from is not None:
         # the prefix pass's output joins the graph (times 0) so that its backward runs through every
         # layer's output: FSDP2 gathers a layer's parameters for backward there, not on the cache path
-        link = head.logits[..., :1]
-        return tail + torch.where(torch.isfinite(link), link, 0.0).sum() * 0.0  # an inf would make a nan
+        return _JoinGraph.apply(tail, head.logits)
     return torch.cat([head.logits.expand(input_ids.shape[0], -1, -1), tail], dim=1)

@@ -66,11 +66,18 @@ def test_two_ranks_update_like_one(ray_cluster, tiny_model_path, tmp_path):
     assert torch.allclose(weights[1], weights[2], atol=2e-5)
 
 
-@pytest.mark.parametrize(("agg", "budget"), [("token-mean", 24), ("seq-mean-token-mean", 48)])
-def test_passes_of_a_few_tokens_accumulate_to_the_one_pass_update(ray_cluster, tiny_model_path, agg, budget):
+@pytest.mark.parametrize(
+    ("agg", "budget", "gather_once"),
+    [("token-mean", 24, True), ("seq-mean-token-mean", 48, True), ("token-mean", 24, False)],
+)
+def test_passes_of_a_few_tokens_accumulate_to_the_one_pass_update(
+    ray_cluster, tiny_model_path, agg, budget, gather_once
+):
     """``micro_batch_tokens=24`` (one row per pass) or 48 (rows of like length in pairs, so out of
     order) on 2 ranks takes the same PPO and SFT steps as one pass on one rank: gradient accumulation
-    weighted by what the loss averages over, and log-probs put back in row order.
+    weighted by what the loss averages over, and log-probs put back in row order. With ``gather_once``
+    the passes keep the parameters gathered and reduce the gradients once, at the last pass; without,
+    FSDP2 gathers and reduces per pass: the same steps either way.
 
     The gradient norm (before clipping) is the sharp check: Adam's first step is nearly ``lr * sign(g)``,
     blind to a mis-weighted sum, but the norm is not; the log-probs after the steps agree to summation order.
@@ -85,6 +92,7 @@ def test_passes_of_a_few_tokens_accumulate_to_the_one_pass_update(ray_cluster, t
         cfg.algorithm.ppo_epochs, cfg.algorithm.num_mini_batches, cfg.algorithm.loss_agg = 1, 1, agg
         cfg.optim.actor_lr = 1e-3
         cfg.actor.micro_batch_tokens = tokens
+        cfg.actor.gather_once = gather_once if ws == 2 else True
         actor = _group(ActorWorker, ws, tiny_model_path, cfg)
         rows = dict(data, old_logprobs=actor.gather_rows("compute_logprobs", data))
         norms[ws] = [actor.mean_metrics("update_policy", rows)["actor/grad_norm"]]

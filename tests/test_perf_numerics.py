@@ -9,7 +9,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steprl.modeling import auto_threads, first_used_column, token_logprobs
+from steprl.modeling import (
+    _JoinGraph,
+    _PickedLogprob,
+    auto_threads,
+    first_used_column,
+    kept_positions,
+    token_logprobs,
+)
 
 TOL = 1e-5  # fp32: the same matmuls on fewer rows; only summation order may differ
 
@@ -54,6 +61,50 @@ def test_response_only_logprob_gradients_equal_the_full_forward(random_llama):
         (-(lp * action).sum() / action.sum()).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_picked_logprob_equals_log_softmax_then_gather(dtype):
+    """The fused log-prob's value and gradient against autograd's ``log_softmax`` + ``gather``, with an
+    upstream gradient that is not all ones and a token picked twice in a row (scatter_add)."""
+    gen = torch.Generator().manual_seed(3)
+    logits = (torch.randn(3, 7, 11, generator=gen, dtype=dtype) * 4).requires_grad_()
+    ids = torch.randint(0, 11, (3, 7), generator=gen)
+    ids[0, 1] = ids[0, 2]
+    upstream = torch.randn(3, 7, generator=gen, dtype=dtype)
+    ref = torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    (ref_grad,) = torch.autograd.grad((ref * upstream).sum(), logits)
+    out = _PickedLogprob.apply(logits, ids)
+    (grad,) = torch.autograd.grad((out * upstream).sum(), logits)
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(out, ref, atol=tol, rtol=0)
+    assert torch.allclose(grad, ref_grad, atol=tol, rtol=0)
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(
+            lambda x: _PickedLogprob.apply(x, ids), (logits.detach().requires_grad_(),)
+        )
+
+
+def test_kept_positions_are_the_predicting_columns():
+    assert kept_positions(10, 6).tolist() == [6, 7, 8]  # column 9 predicts nothing
+    assert kept_positions(10, 6, offset=4).tolist() == [2, 3, 4]  # the tail of a shared-prefix forward
+    assert kept_positions(10, 9).tolist() == []  # nothing to predict: no logits at all
+    ids = torch.arange(10).unsqueeze(0)
+    logits = torch.randn(1, 3, 12)
+    picked = token_logprobs(logits, ids, start=7)  # the kept width L - start: used as it is
+    assert torch.allclose(picked[0, 7:], torch.log_softmax(logits, -1)[0, torch.arange(3), ids[0, 7:]])
+    wide = torch.cat([logits, torch.randn(1, 1, 12)], dim=1)  # L - start + 1: the last column is dropped
+    assert torch.equal(token_logprobs(wide, ids, start=7), picked)
+
+
+def test_join_graph_is_the_identity_and_gives_the_other_a_zero_gradient():
+    tail = torch.randn(2, 3, requires_grad=True)
+    other = torch.randn(4, requires_grad=True)
+    out = _JoinGraph.apply(tail, other * 2)
+    assert torch.equal(out, tail)
+    (out * torch.arange(6.0).view(2, 3)).sum().backward()
+    assert torch.equal(tail.grad, torch.arange(6.0).view(2, 3))
+    assert torch.equal(other.grad, torch.zeros(4))  # reached through the joined graph, as zeros
 
 
 def test_first_used_column_edges():

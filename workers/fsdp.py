@@ -7,8 +7,10 @@ the gradient FSDP averages over ranks equals the gradient of the global token-me
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -21,6 +23,7 @@ from steprl.modeling import (
     auto_micro_batch_tokens,
     auto_threads,
     first_used_column,
+    kept_positions,
     micro_batches,
     pass_rows,
     prefix_shared_forward,
@@ -107,13 +110,49 @@ class FSDPWorker:
             passes.append((index, trim_padding({k: v[index] for k, v in data.items()})))
         return passes
 
+    @contextlib.contextmanager
+    def _gathered(self) -> Iterator[None]:
+        """Parameters stay gathered from the first pass to the end of the block (``gather_once``).
+
+        FSDP2 otherwise gathers each layer's parameters for every forward and again for every backward,
+        and reduce-scatters the gradients after every backward: on a CPU those are copies of the whole
+        model per pass, even on one rank (7-8% of a SmolLM2 update). Within the block, backwards keep the
+        parameters gathered and accumulate unreduced gradients; :meth:`_sync_on` makes the last pass
+        reduce them. The block ends with every module resharded, so an optimizer step that follows
+        updates the shards and the next forward gathers the new values.
+        """
+        from torch.distributed.fsdp import FSDPModule
+
+        if not self.worker_cfg.gather_once:
+            yield
+            return
+        modules = [m for m in self.model.modules() if isinstance(m, FSDPModule)]
+        for m in modules:
+            m.set_reshard_after_forward(False, recurse=False)
+        try:
+            yield
+        finally:
+            for m in modules:  # FSDP2's defaults: the root keeps its parameters after forward
+                m.set_reshard_after_forward(m is not self.model, recurse=False)
+                m.set_reshard_after_backward(True, recurse=False)
+                m.set_requires_gradient_sync(True, recurse=False)
+                m.reshard()
+
+    def _sync_on(self, last: bool) -> None:
+        """Inside :meth:`_gathered`: the next backward reduces the accumulated gradients (and reshards)
+        only if it is the block's ``last``."""
+        if self.worker_cfg.gather_once:
+            self.model.set_reshard_after_backward(last)
+            self.model.set_requires_gradient_sync(last)
+
     @torch.no_grad()
     def _per_pass(self, data: TensorDict, fn) -> torch.Tensor:
         """``fn(chunk) -> [rows, width]`` over :meth:`_passes`, put back in ``data``'s row order and width."""
         width = data["input_ids"].shape[1]
         out: torch.Tensor | None = None
-        for index, chunk in self._passes(data):
-            part = fn(chunk)
+        with self._gathered():
+            outputs = [(index, fn(chunk)) for index, chunk in self._passes(data)]
+        for index, part in outputs:
             if out is None:
                 out = part.new_zeros((data["input_ids"].shape[0], width))
             out[index, : part.shape[1]] = part
@@ -165,8 +204,8 @@ class FSDPWorker:
         return None
 
     def _forward(self, data: TensorDict, keep_from: int | None = None) -> torch.Tensor:
-        """The model's logits from column ``keep_from`` on (all columns if None); the rows' shared prompt
-        prefix runs once when ``share_prefix`` is on (``steprl.modeling.prefix_shared_forward``)."""
+        """The model's logits at columns ``keep_from .. L - 2`` (all columns if None); the rows' shared
+        prompt prefix runs once when ``share_prefix`` is on (``steprl.modeling.prefix_shared_forward``)."""
         ids = data["input_ids"].to(self.device)
         mask = data["attention_mask"].to(self.device).long()
         if self.worker_cfg.share_prefix:
@@ -176,7 +215,7 @@ class FSDPWorker:
             agree = torch.tensor([1 if prefix > 0 else 0], device=self.device)
             dist.all_reduce(agree, op=dist.ReduceOp.MIN)
             return prefix_shared_forward(self.model, ids, mask, keep_from, prefix if int(agree) else 0)
-        keep = {} if keep_from is None else {"logits_to_keep": ids.shape[1] - keep_from}
+        keep = {} if keep_from is None else {"logits_to_keep": kept_positions(ids.shape[1], keep_from)}
         return self.model(input_ids=ids, attention_mask=mask, **keep).logits
 
     def _logprobs(self, data: TensorDict) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -225,15 +264,18 @@ class FSDPWorker:
         dist.all_reduce(total)
         sums: dict[str, float] = {}
         local = 0.0
-        for _, chunk in self._passes(data):
-            mask = chunk[mask_key].to(self.device)
-            count = float(self._weight_count(mask, agg))
-            loss, metrics = loss_fn(chunk, mask)
-            (loss * (count / max(float(total), 1.0) * self.world_size)).backward()
-            weight = max(count, 1e-12)  # a pass of padding rows still runs (collectives) but counts ~0
-            local += weight
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + weight * float(v)
+        passes = self._passes(data)
+        with self._gathered():
+            for i, (_, chunk) in enumerate(passes):
+                self._sync_on(last=i == len(passes) - 1)
+                mask = chunk[mask_key].to(self.device)
+                count = float(self._weight_count(mask, agg))
+                loss, metrics = loss_fn(chunk, mask)
+                (loss * (count / max(float(total), 1.0) * self.world_size)).backward()
+                weight = max(count, 1e-12)  # a pass of padding rows still runs (collectives) but counts ~0
+                local += weight
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + weight * float(v)
         return {k: v / local for k, v in sums.items()}
 
     def _train_epochs(
@@ -382,7 +424,7 @@ class ActorWorker(FSDPWorker):
             metrics["pg_loss"] = float(loss)
             metrics["lr"] = self.optimizer.param_groups[0]["lr"]
             if cfg.entropy_coef > 0:
-                entropy = masked_mean(entropy_from_logits(logits[:, :-1].float()), mask[:, start:])
+                entropy = masked_mean(entropy_from_logits(logits.float()), mask[:, start:])
                 loss = loss - cfg.entropy_coef * entropy
                 metrics["entropy"] = float(entropy)
             if cfg.kl_in == "loss" and "ref_logprobs" in mb and kl_coef > 0:
