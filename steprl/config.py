@@ -157,7 +157,7 @@ class WorkerConfig:
     # keep the parameters gathered and the gradients unreduced across one call's passes: one all-gather
     # and one reduce-scatter per mini-batch instead of two all-gathers and a reduce-scatter per pass. It
     # holds a full copy of the parameters (and, in an update, of the gradients) on every rank while it runs:
-    # set false for a model that only fits sharded (workers.fsdp.FSDPWorker._gathered)
+    # set false for a model that only fits sharded (workers.fsdp_gather)
     gather_once: bool = True
     num_cpus: float = 0.5
     num_gpus: float = 0.0

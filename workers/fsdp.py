@@ -7,10 +7,8 @@ the gradient FSDP averages over ranks equals the gradient of the global token-me
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -31,6 +29,7 @@ from steprl.modeling import (
     trim_padding,
     usable_prefix,
 )
+from workers.fsdp_gather import gathered, sync_on
 from workers.model_io import merge_lora, without_dropout, write_safetensors
 
 
@@ -110,47 +109,12 @@ class FSDPWorker:
             passes.append((index, trim_padding({k: v[index] for k, v in data.items()})))
         return passes
 
-    @contextlib.contextmanager
-    def _gathered(self) -> Iterator[None]:
-        """Parameters stay gathered from the first pass to the end of the block (``gather_once``).
-
-        FSDP2 otherwise gathers each layer's parameters for every forward and again for every backward,
-        and reduce-scatters the gradients after every backward: on a CPU those are copies of the whole
-        model per pass, even on one rank (7-8% of a SmolLM2 update). Within the block, backwards keep the
-        parameters gathered and accumulate unreduced gradients; :meth:`_sync_on` makes the last pass
-        reduce them. The block ends with every module resharded, so an optimizer step that follows
-        updates the shards and the next forward gathers the new values.
-        """
-        from torch.distributed.fsdp import FSDPModule
-
-        if not self.worker_cfg.gather_once:
-            yield
-            return
-        modules = [m for m in self.model.modules() if isinstance(m, FSDPModule)]
-        for m in modules:
-            m.set_reshard_after_forward(False, recurse=False)
-        try:
-            yield
-        finally:
-            for m in modules:  # FSDP2's defaults: the root keeps its parameters after forward
-                m.set_reshard_after_forward(m is not self.model, recurse=False)
-                m.set_reshard_after_backward(True, recurse=False)
-                m.set_requires_gradient_sync(True, recurse=False)
-                m.reshard()
-
-    def _sync_on(self, last: bool) -> None:
-        """Inside :meth:`_gathered`: the next backward reduces the accumulated gradients (and reshards)
-        only if it is the block's ``last``."""
-        if self.worker_cfg.gather_once:
-            self.model.set_reshard_after_backward(last)
-            self.model.set_requires_gradient_sync(last)
-
     @torch.no_grad()
     def _per_pass(self, data: TensorDict, fn) -> torch.Tensor:
         """``fn(chunk) -> [rows, width]`` over :meth:`_passes`, put back in ``data``'s row order and width."""
         width = data["input_ids"].shape[1]
         out: torch.Tensor | None = None
-        with self._gathered():
+        with gathered(self.model, self.worker_cfg.gather_once):
             outputs = [(index, fn(chunk)) for index, chunk in self._passes(data)]
         for index, part in outputs:
             if out is None:
@@ -265,9 +229,9 @@ class FSDPWorker:
         sums: dict[str, float] = {}
         local = 0.0
         passes = self._passes(data)
-        with self._gathered():
+        with gathered(self.model, self.worker_cfg.gather_once):
             for i, (_, chunk) in enumerate(passes):
-                self._sync_on(last=i == len(passes) - 1)
+                sync_on(self.model, i == len(passes) - 1, self.worker_cfg.gather_once)
                 mask = chunk[mask_key].to(self.device)
                 count = float(self._weight_count(mask, agg))
                 loss, metrics = loss_fn(chunk, mask)
