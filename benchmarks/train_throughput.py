@@ -83,8 +83,8 @@ def update_flops(
 ) -> float:
     """Useful FLOPs of one pass (forward + backward) over ``data`` by ``role`` (see the module docstring).
 
-    ``prefix_runs``: with prefix sharing, how often the rows' shared prefix is actually computed (once
-    per forward pass on each rank) instead of once per row; those rows' prefix tokens are not counted.
+    ``prefix_runs``: with prefix sharing, how often the rows' shared prefix is actually computed (once per
+    call on each rank) instead of once per row; those rows' prefix tokens are not counted.
     """
     from steprl.modeling import first_used_column, usable_prefix
 
@@ -188,9 +188,11 @@ def measure(
         "group_startup_s": round(startup, 1),
         "peak_mb_per_rank": round(memory),
         "share_prefix": share_prefix,
-        # forward passes over the whole batch (each rank runs its shard in passes of micro_batch_tokens;
-        # the count without the shared prefix, an upper bound)
+        # forward passes over the whole batch (each rank runs its shard in passes of micro_batch_tokens)
         "passes": world_size * len(pass_rows(shard_rows(data, world_size)[0], micro)),
+        # how often the rows' shared prefix is computed: once per rank and call (steprl.prefix_cache; every
+        # shard of this batch holds at least two rows, so the ranks agree to share)
+        "prefix_runs": world_size,
         "_data": data,
     }
 
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                                 share,
                             )
                             data = r.pop("_data")
-                            runs = r["passes"] if share else None
+                            runs = r["prefix_runs"] if share else None
                             flops = update_flops(shape, data, role, runs) * args.ppo_epochs
                             r.update(model=model, params=shape["params"], flops_per_update=flops,
                                      flops_per_s=flops / r["seconds_per_update"])  # fmt: skip

@@ -194,9 +194,11 @@ def micro_batches(data: TensorDict, num: int) -> list[TensorDict]:
     return [{k: v[a:b] for k, v in data.items()} for a, b in row_bounds(rows, num)]
 
 
-def trim_padding(data: TensorDict) -> TensorDict:
-    """Drop trailing columns that are padding in every row (less compute per micro-batch)."""
+def trim_padding(data: TensorDict, min_width: int = 1) -> TensorDict:
+    """Drop trailing columns that are padding in every row (less compute per micro-batch), keeping at
+    least ``min_width`` (a pass that continues a shared prefix needs a column past it)."""
     length = int(data["attention_mask"].sum(-1).max().item()) if data["attention_mask"].any() else 1
+    length = min(max(length, min_width), data["attention_mask"].shape[1])
     return {
         k: (v[:, :length] if v.dim() >= 2 and v.shape[1] == data["attention_mask"].shape[1] else v)
         for k, v in data.items()

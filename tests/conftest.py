@@ -61,3 +61,17 @@ def random_llama(tmp_path_factory):
     path = tmp_path_factory.mktemp("llama")
     LlamaForCausalLM(cfg).eval().save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def models(random_llama):
+    """The random Llama (the SmolLM2 architecture) as a causal LM and as a value model (prefix-sharing tests)."""
+    import torch
+    from transformers import AutoModelForTokenClassification, LlamaForCausalLM
+
+    lm = LlamaForCausalLM.from_pretrained(random_llama, attn_implementation="sdpa").eval()
+    critic = AutoModelForTokenClassification.from_pretrained(
+        random_llama, num_labels=1, attn_implementation="sdpa"
+    )
+    torch.nn.init.normal_(critic.score.weight)  # a non-zero head, so values differ per position
+    return lm, critic.eval(), random_llama

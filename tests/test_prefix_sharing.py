@@ -18,19 +18,6 @@ from steprl.modeling import (
 )
 
 
-@pytest.fixture(scope="module")
-def models(random_llama):
-    """The random Llama of ``conftest.py`` (the SmolLM2 architecture) as a causal LM and as a value model."""
-    from transformers import AutoModelForTokenClassification, LlamaForCausalLM
-
-    lm = LlamaForCausalLM.from_pretrained(random_llama, attn_implementation="sdpa").eval()
-    critic = AutoModelForTokenClassification.from_pretrained(
-        random_llama, num_labels=1, attn_implementation="sdpa"
-    )
-    torch.nn.init.normal_(critic.score.weight)  # a non-zero head, so values differ per position
-    return lm, critic.eval(), random_llama
-
-
 def batch(seed: int, rows: int, prefix: int, width: int, padding_rows: int = 0):
     """Rows that share ``prefix`` tokens, then differ; right padding of different lengths."""
     g = torch.Generator().manual_seed(seed)

@@ -7,8 +7,10 @@ the gradient FSDP averages over ranks equals the gradient of the global token-me
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -29,11 +31,13 @@ from steprl.modeling import (
     trim_padding,
     usable_prefix,
 )
+from steprl.prefix_cache import SharedPrefix
+from workers.fsdp_checkpoint import ShardedCheckpoint
 from workers.fsdp_gather import gathered, sync_on
 from workers.model_io import merge_lora, without_dropout, write_safetensors
 
 
-class FSDPWorker:
+class FSDPWorker(ShardedCheckpoint):
     """Base: process-group setup, model loading and sharding, full-state export."""
 
     role = "base"
@@ -54,6 +58,7 @@ class FSDPWorker:
         self.model_path, self.model_cfg, self.worker_cfg = model_path, model_cfg, worker_cfg
         self.optim_cfg, self.algo_cfg = optim_cfg, algo_cfg
         self.seed = seed
+        self._prefix: SharedPrefix | None = None  # the running call's shared prefix (_prefix_once)
         torch.set_num_threads(auto_threads(worker_cfg.threads, world_size))
         self.device = torch.device(
             worker_cfg.device if worker_cfg.device == "cpu" else f"cuda:{torch.cuda.current_device()}"
@@ -104,17 +109,43 @@ class FSDPWorker:
         if int(n) > len(groups):  # another rank needs more passes: split ours to match
             groups = pass_rows(data, self.micro_batch_tokens, prefix, int(n))
         passes = []
+        min_width = self._prefix.length + 1 if self._prefix is not None else 1
         for group in groups or [[]]:
             index = torch.tensor(group, dtype=torch.long)
-            passes.append((index, trim_padding({k: v[index] for k, v in data.items()})))
+            passes.append((index, trim_padding({k: v[index] for k, v in data.items()}, min_width)))
         return passes
+
+    @contextlib.contextmanager
+    def _prefix_once(self, data: TensorDict) -> Iterator[SharedPrefix | None]:
+        """The prefix all rows of this rank's ``data`` share, run once for the block's passes
+        (``steprl.prefix_cache``); None (each pass on its own) unless every rank has one to share, as the
+        ranks must call the model equally often. It ends before the first logit column ``_logprobs`` reads."""
+        prefix = 0
+        if self.worker_cfg.share_prefix and "input_ids" in data:  # not the preference groups' candidates
+            keep_from = None
+            if self.vocab_logits:
+                keep_from = first_used_column(data["action_mask"]) - 1 if "action_mask" in data else 0
+            prefix = usable_prefix(data["input_ids"], data["attention_mask"].long(), keep_from)
+            agree = torch.tensor([1 if prefix > 0 else 0], device=self.device)
+            dist.all_reduce(agree, op=dist.ReduceOp.MIN)
+            prefix = prefix if int(agree) else 0
+        if prefix:
+            row = int(data["attention_mask"].bool().any(1).nonzero()[0])
+            ids, mask = (
+                data[k][row : row + 1, :prefix].to(self.device) for k in ("input_ids", "attention_mask")
+            )
+            self._prefix = SharedPrefix.run(self.model, ids, mask.long(), full_output=not self.vocab_logits)
+        try:
+            yield self._prefix
+        finally:
+            self._prefix = None
 
     @torch.no_grad()
     def _per_pass(self, data: TensorDict, fn) -> torch.Tensor:
         """``fn(chunk) -> [rows, width]`` over :meth:`_passes`, put back in ``data``'s row order and width."""
         width = data["input_ids"].shape[1]
         out: torch.Tensor | None = None
-        with gathered(self.model, self.worker_cfg.gather_once):
+        with gathered(self.model, self.worker_cfg.gather_once), self._prefix_once(data):
             outputs = [(index, fn(chunk)) for index, chunk in self._passes(data)]
         for index, part in outputs:
             if out is None:
@@ -172,6 +203,8 @@ class FSDPWorker:
         prompt prefix runs once when ``share_prefix`` is on (``steprl.modeling.prefix_shared_forward``)."""
         ids = data["input_ids"].to(self.device)
         mask = data["attention_mask"].to(self.device).long()
+        if self._prefix is not None:  # the call's prefix ran once (_prefix_once)
+            return self._prefix.forward(self.model, ids, mask, keep_from)
         if self.worker_cfg.share_prefix:
             prefix = usable_prefix(ids, mask, keep_from)
             # every rank must call the model as often (FSDP2 gathers parameters per call): share on all
@@ -228,10 +261,11 @@ class FSDPWorker:
         dist.all_reduce(total)
         sums: dict[str, float] = {}
         local = 0.0
-        passes = self._passes(data)
-        with gathered(self.model, self.worker_cfg.gather_once):
+        with gathered(self.model, self.worker_cfg.gather_once), self._prefix_once(data) as prefix:
+            passes = self._passes(data)
             for i, (_, chunk) in enumerate(passes):
-                sync_on(self.model, i == len(passes) - 1, self.worker_cfg.gather_once)
+                last = i == len(passes) - 1 and prefix is None  # else the prefix's backward is the last
+                sync_on(self.model, last, self.worker_cfg.gather_once)
                 mask = chunk[mask_key].to(self.device)
                 count = float(self._weight_count(mask, agg))
                 loss, metrics = loss_fn(chunk, mask)
@@ -240,6 +274,9 @@ class FSDPWorker:
                 local += weight
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + weight * float(v)
+            if prefix is not None:
+                sync_on(self.model, True, self.worker_cfg.gather_once)
+                prefix.backward()
         return {k: v / local for k, v in sums.items()}
 
     def _train_epochs(
@@ -284,60 +321,6 @@ class FSDPWorker:
         from transformers import AutoConfig
 
         return AutoConfig.from_pretrained(self.model_path)
-
-    def save_state(self, directory: str) -> dict[str, Any]:
-        """Everything an exact resume needs from this group, sharded, via torch.distributed.checkpoint.
-
-        Every rank writes its own shards of the model and the optimizer state (no full gather, so
-        this scales with the model) plus its RNG state. The directory must be on storage all ranks
-        see (on several nodes: a shared file system). DCP can re-shard on load, so a run may resume
-        with another ``world_size``.
-        """
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
-
-        # an optimizer that never stepped has no state yet; saving it would make torch create it by
-        # a zero step, which the resumed run would then count as a real one
-        has_optim = self.optimizer is not None and bool(self.optimizer.state)
-        if has_optim:
-            model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-            state = {"model": model_sd, "optim": optim_sd}
-        else:
-            state = {"model": get_model_state_dict(self.model)}
-        dcp.save(state, checkpoint_id=directory)
-        rng = {"torch": torch.get_rng_state(), "has_optim": has_optim}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        torch.save(rng, os.path.join(directory, f"rng_rank{self.rank}.pt"))
-        return {"rank": self.rank, "has_optim": has_optim}
-
-    def load_state(self, directory: str) -> dict[str, Any]:
-        """Restore what :meth:`save_state` wrote (model shards, optimizer state, RNG)."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import (
-            get_model_state_dict,
-            get_state_dict,
-            set_model_state_dict,
-            set_state_dict,
-        )
-
-        rng_file = os.path.join(directory, f"rng_rank{self.rank}.pt")
-        rng = torch.load(rng_file if os.path.exists(rng_file) else os.path.join(directory, "rng_rank0.pt"))
-        if rng["has_optim"] and self.optimizer is not None:
-            model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-            state = {"model": model_sd, "optim": optim_sd}
-            dcp.load(state, checkpoint_id=directory)
-            set_state_dict(
-                self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
-            )
-        else:
-            state = {"model": get_model_state_dict(self.model)}
-            dcp.load(state, checkpoint_id=directory)
-            set_model_state_dict(self.model, state["model"])
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
-        return {"rank": self.rank, "has_optim": rng["has_optim"]}
 
     def peak_memory_mb(self) -> dict[str, float]:
         """Peak resident memory of this rank's process (ru_maxrss) and, on CUDA, its peak allocated memory."""
