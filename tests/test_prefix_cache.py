@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from steprl.modeling import token_logprobs, usable_prefix
 from steprl.prefix_cache import SharedPrefix
-from tests.test_prefix_sharing import ROLES, _group, batch
+from tests.test_prefix_sharing import batch, compare_workers
 
 
 def worst(diff: torch.Tensor) -> float:
@@ -90,38 +90,7 @@ def test_gradients_through_one_prefix_equal_the_plain_backward(models):
 @pytest.mark.slow
 @pytest.mark.parametrize(("role", "gather_once"), [("actor", True), ("critic", True), ("actor", False)])
 def test_workers_with_many_passes_share_one_prefix(ray_cluster, models, role, gather_once):
-    """2 FSDP2 ranks, a pass per row (the call-level prefix), against 1 rank in one pass without sharing:
-    the same log-probs / values, and the same step."""
-    import workers.fsdp
-    from steprl.config import StepRLConfig
-
-    cls_name, compute, update, mask_key, old_key, first = ROLES[role]
-    cls = getattr(workers.fsdp, cls_name)
-    _, _, path = models
-    rows = 7  # 4 + 3 rows per rank: one shard gets a padding row
-    ids, attention = batch(11, rows=rows, prefix=40, width=72)
-    mask = attention.bool().clone()
-    mask[:, :first] = False
-    noise = torch.randn(rows, 72, generator=torch.Generator().manual_seed(0)) * mask
-    data = {"input_ids": ids, "attention_mask": attention.bool(), mask_key: mask}
-    data.update({"action_mask": mask, "advantages": noise} if role == "actor" else {"returns": noise})
-    after = {}
-    for world_size, share in ((1, False), (2, True)):
-        cfg = StepRLConfig()
-        cfg.algorithm.ppo_epochs, cfg.algorithm.num_mini_batches = 1, 1
-        cfg.optim.actor_lr = 1e-3
-        worker_cfg = getattr(cfg, role)
-        worker_cfg.share_prefix, worker_cfg.gather_once = share, gather_once
-        worker_cfg.micro_batch_tokens = 72 if share else 10_000  # a row per pass, or all in one
-        group = _group(cls, world_size, path, cfg, worker_cfg)
-        old = group.gather_rows(compute, data)
-        if share:
-            assert torch.allclose(old[mask], data[old_key][mask], atol=1e-5)
-        data[old_key] = old * mask
-        metrics = group.mean_metrics(update, data)
-        after[share] = (group.gather_rows(compute, data), metrics[f"{role}/grad_norm"])
-        group.shutdown()
-    (plain, norm_plain), (shared, norm_shared) = after[False], after[True]
-    assert (plain - data[old_key])[mask].abs().max() > 1e-4  # the step did something
-    assert torch.allclose(shared[mask], plain[mask], atol=2e-5)
-    assert norm_shared == pytest.approx(norm_plain, rel=1e-4)
+    """2 FSDP2 ranks with a pass per row (4 + 3 rows: one shard gets a padding row) and the call's prefix
+    run once, against 1 rank in one pass without sharing."""
+    shared = {"share_prefix": True, "gather_once": gather_once, "micro_batch_tokens": 72}
+    compare_workers(models, role, 7, 11, shared, plain={"share_prefix": False, "micro_batch_tokens": 10_000})

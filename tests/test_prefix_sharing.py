@@ -171,41 +171,49 @@ ROLES = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("role", "rows"), [("actor", 5), ("critic", 5), ("actor", 3)])
-def test_workers_with_prefix_sharing_update_like_without(ray_cluster, models, role, rows):
-    """2 FSDP2 ranks sharing the prefix compute the same log-probs / values and take the same PPO / value
-    step as 1 rank without, on a batch whose rows share a 40-token prompt (one rank's shard gets a padding
-    row). The critic's path also broadcasts the prefix's values into every row. With 3 rows the second
-    rank holds one live row, which has nothing to share: both ranks must then run the plain forward (a
-    rank calling the model twice while the other calls it once would leave FSDP2's collectives hanging)."""
+def compare_workers(models, role: str, rows: int, seed: int, shared: dict, plain: dict) -> None:
+    """1 rank with the ``plain`` worker settings against 2 FSDP2 ranks with the ``shared`` ones, on a batch
+    whose rows share a 40-token prompt: the same log-probs / values before, and after one PPO / value step,
+    and the same gradient norm."""
     import workers.fsdp
     from steprl.config import StepRLConfig
 
     cls_name, compute, update, mask_key, old_key, first = ROLES[role]
     cls = getattr(workers.fsdp, cls_name)
     _, _, path = models
-    ids, attention = batch(3, rows=rows, prefix=40, width=72)
+    ids, attention = batch(seed, rows=rows, prefix=40, width=72)
     mask = attention.bool().clone()
     mask[:, :first] = False
     noise = torch.randn(rows, 72, generator=torch.Generator().manual_seed(0)) * mask
     data = {"input_ids": ids, "attention_mask": attention.bool(), mask_key: mask}
     data.update({"action_mask": mask, "advantages": noise} if role == "actor" else {"returns": noise})
     after = {}
-    for world_size, share in ((1, False), (2, True)):
+    for world_size, name, settings_ in ((1, "plain", plain), (2, "shared", shared)):
         cfg = StepRLConfig()
         cfg.algorithm.ppo_epochs, cfg.algorithm.num_mini_batches = 1, 1
         cfg.optim.actor_lr = 1e-3
-        getattr(cfg, role).share_prefix = share
+        for key, value in settings_.items():
+            setattr(getattr(cfg, role), key, value)
         group = _group(cls, world_size, path, cfg, getattr(cfg, role))
         old = group.gather_rows(compute, data)
-        if share:  # where the loss reads them (columns past a row's end are not computed alike)
+        if name == "shared":  # where the loss reads them (columns past a row's end are not computed alike)
             assert torch.allclose(old[mask], data[old_key][mask], atol=1e-5)
         data[old_key] = old * mask
         metrics = group.mean_metrics(update, data)
-        after[share] = (group.gather_rows(compute, data), metrics[f"{role}/grad_norm"])
+        after[name] = (group.gather_rows(compute, data), metrics[f"{role}/grad_norm"])
         group.shutdown()
-    (plain, norm_plain), (shared, norm_shared) = after[False], after[True]
-    assert (plain - data[old_key])[mask].abs().max() > 1e-4  # the step did something
-    assert torch.allclose(shared[mask], plain[mask], atol=2e-5)
+    (plain_out, norm_plain), (shared_out, norm_shared) = after["plain"], after["shared"]
+    assert (plain_out - data[old_key])[mask].abs().max() > 1e-4  # the step did something
+    assert torch.allclose(shared_out[mask], plain_out[mask], atol=2e-5)
     assert norm_shared == pytest.approx(norm_plain, rel=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("role", "rows"), [("actor", 5), ("critic", 5), ("actor", 3)])
+def test_workers_with_prefix_sharing_update_like_without(ray_cluster, models, role, rows):
+    """2 FSDP2 ranks sharing the prefix compute the same log-probs / values and take the same PPO / value
+    step as 1 rank without (one rank's shard gets a padding row). The critic's path also broadcasts the
+    prefix's values into every row. With 3 rows the second rank holds one live row, which has nothing to
+    share: both ranks must then run the plain forward (a rank calling the model twice while the other calls
+    it once would leave FSDP2's collectives hanging)."""
+    compare_workers(models, role, rows, 3, shared={"share_prefix": True}, plain={"share_prefix": False})
