@@ -122,9 +122,7 @@ class FSDPWorker(ShardedCheckpoint):
         ranks must call the model equally often. It ends before the first logit column ``_logprobs`` reads."""
         prefix = 0
         if self.worker_cfg.share_prefix and "input_ids" in data:  # not the preference groups' candidates
-            keep_from = None
-            if self.vocab_logits:
-                keep_from = first_used_column(data["action_mask"]) - 1 if "action_mask" in data else 0
+            keep_from = self._first_logprob_column(data) - 1 if self.vocab_logits else None
             prefix = usable_prefix(data["input_ids"], data["attention_mask"].long(), keep_from)
             agree = torch.tensor([1 if prefix > 0 else 0], device=self.device)
             dist.all_reduce(agree, op=dist.ReduceOp.MIN)
@@ -220,9 +218,14 @@ class FSDPWorker(ShardedCheckpoint):
         cover: with an ``action_mask``, logits and log-softmax only from the first response token on (the
         prompt's are never read), else everywhere."""
         ids = data["input_ids"].to(self.device)
-        start = first_used_column(data["action_mask"]) if "action_mask" in data else 1
+        start = self._first_logprob_column(data)
         logits = self._forward(data, keep_from=start - 1)
         return token_logprobs(logits, ids, start), logits, start
+
+    @staticmethod
+    def _first_logprob_column(data: TensorDict) -> int:
+        """The first column whose log-prob is read: the first response token, or 1 without an action mask."""
+        return first_used_column(data["action_mask"]) if "action_mask" in data else 1
 
     def _global_count(self, mask: torch.Tensor) -> float:
         """Tokens under ``mask`` summed over ranks (so every rank divides by the same number)."""
