@@ -73,17 +73,51 @@ def auto_threads(threads: int, ranks: int) -> int:
     return max(1, cores // max(1, ranks))
 
 
-def shard_rows(data: TensorDict, num_shards: int) -> list[TensorDict]:
+def balanced_order(lengths: list[int], num_shards: int, num_groups: int = 1) -> list[int]:
+    """A slot -> row order for :func:`shard_rows` under which every shard holds about as many tokens as
+    the others, while the rows that form each mini-batch stay the same.
+
+    Without it shard ``r`` holds rows ``r*per .. (r+1)*per - 1`` in position order, and episodes of one
+    task (like lengths) sit together, so one rank may compute while the other waits at the collective.
+    A shard's rows are split into ``num_groups`` chunks (``row_bounds(per, num_groups)``, its mini-batches);
+    mini-batch ``k`` is chunk ``k`` of every shard. Here the rows of each mini-batch are dealt again,
+    longest first, each to the shard with the fewest tokens so far that still has a free slot in chunk
+    ``k``. Slots past ``len(lengths)`` are padding rows (no tokens). The result is a permutation of
+    ``range(num_shards * per)``; the identity order is what :func:`shard_rows` does without one.
+    """
+    rows, num_shards = len(lengths), max(1, num_shards)
+    per = max(1, math.ceil(rows / num_shards))
+    order = list(range(num_shards * per))
+    for a, b in row_bounds(per, num_groups):
+        members = [r * per + j for r in range(num_shards) for j in range(a, b)]
+        members.sort(key=lambda i: (-(lengths[i] if i < rows else -1), i))  # padding last, ties by position
+        load, filled = [0] * num_shards, [0] * num_shards
+        for i in members:
+            shard = min((s for s in range(num_shards) if filled[s] < b - a), key=lambda s: (load[s], s))
+            order[shard * per + a + filled[shard]] = i
+            filled[shard] += 1
+            load[shard] += lengths[i] if i < rows else 0
+    return order
+
+
+def shard_rows(data: TensorDict, num_shards: int, order: list[int] | None = None) -> list[TensorDict]:
     """Split rows into ``num_shards`` equal parts; missing rows are padding with every mask False.
 
     Every data-parallel rank must run the same number of forward/backward passes (FSDP collectives),
-    so shards are made equal and the padding rows contribute nothing to any loss.
+    so shards are made equal and the padding rows contribute nothing to any loss. ``order`` (from
+    :func:`balanced_order`): slot ``s`` of the concatenated shards holds row ``order[s]`` (padding if
+    ``>= rows``); by default slot ``s`` holds row ``s``.
     """
     rows = next(iter(data.values())).shape[0]
     per = max(1, math.ceil(rows / num_shards))
+    slots = torch.arange(num_shards * per) if order is None else torch.as_tensor(order, dtype=torch.long)
+    if slots.shape[0] != num_shards * per:
+        raise ValueError(
+            f"shard_rows: order has {slots.shape[0]} slots, {num_shards} shards need {num_shards * per}"
+        )
     shards = []
     for r in range(num_shards):
-        idx = torch.arange(r * per, (r + 1) * per)
+        idx = slots[r * per : (r + 1) * per]
         real = idx < rows
         idx = torch.where(real, idx, torch.zeros_like(idx))
         shard = {}
