@@ -159,6 +159,10 @@ class WorkerConfig:
     # holds a full copy of the parameters (and, in an update, of the gradients) on every rank while it runs:
     # set false for a model that only fits sharded (workers.fsdp_gather)
     gather_once: bool = True
+    # deal each call's rows to the ranks so that each gets about as many tokens (longest first, within
+    # each mini-batch, whose rows stay the same: workers.group.WorkerGroup.shards); false: by position.
+    # Off by default: no gain measured on 2 CPU ranks (docs/models.md)
+    balance_rows: bool = False
     num_cpus: float = 0.5
     num_gpus: float = 0.0
 

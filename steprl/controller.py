@@ -120,6 +120,7 @@ class Controller:
             wcfg.num_gpus,
             name,
             placement=self.placement,
+            balance_rows=wcfg.balance_rows,
             model_path=path,
             model_cfg=c.model,
             worker_cfg=wcfg,

@@ -151,11 +151,14 @@ def ppo_update(ctx: MethodContext, prep: Prepared) -> dict[str, float] | None:
     if prep.batch is None:
         return None
     metrics: dict[str, float] = {}
+    mini_batches = ctx.cfg.algorithm.num_mini_batches  # each worker's split of its rows (row_groups)
     if ctx.critic is not None:
         with ctx.timer("critic_update"):
-            metrics.update(ctx.critic.mean_metrics("update_critic", prep.data))
+            metrics.update(ctx.critic.mean_metrics("update_critic", prep.data, mini_batches))
     with ctx.timer("actor_update"):
-        metrics.update(ctx.actor.mean_metrics("update_policy", prep.data, kl_coef=ctx.kl_ctl.value))
+        metrics.update(
+            ctx.actor.mean_metrics("update_policy", prep.data, mini_batches, kl_coef=ctx.kl_ctl.value)
+        )
     return metrics
 
 

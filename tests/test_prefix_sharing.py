@@ -158,8 +158,8 @@ def _group(cls, world_size, path, cfg, worker_cfg):
     from workers.group import WorkerGroup
 
     return WorkerGroup(
-        cls, world_size, 0.5, 0.0, cls.role, model_path=path, model_cfg=cfg.model, worker_cfg=worker_cfg,
-        optim_cfg=cfg.optim, algo_cfg=cfg.algorithm, seed=0,
+        cls, world_size, 0.5, 0.0, cls.role, balance_rows=worker_cfg.balance_rows, model_path=path,
+        model_cfg=cfg.model, worker_cfg=worker_cfg, optim_cfg=cfg.optim, algo_cfg=cfg.algorithm, seed=0,
     )  # fmt: skip
 
 
@@ -171,10 +171,12 @@ ROLES = {
 }
 
 
-def compare_workers(models, role: str, rows: int, seed: int, shared: dict, plain: dict) -> None:
-    """1 rank with the ``plain`` worker settings against 2 FSDP2 ranks with the ``shared`` ones, on a batch
-    whose rows share a 40-token prompt: the same log-probs / values before, and after one PPO / value step,
-    and the same gradient norm."""
+def compare_workers(
+    models, role: str, rows: int, seed: int, shared: dict, plain: dict, sizes=(1, 2), mini_batches: int = 1
+) -> None:
+    """``sizes[0]`` ranks (1) with the ``plain`` worker settings against ``sizes[1]`` FSDP2 ranks (2) with the
+    ``shared`` ones, on a batch whose rows share a 40-token prompt: the same log-probs / values before, and
+    after one PPO / value epoch of ``mini_batches`` steps, and the same gradient norm."""
     import workers.fsdp
     from steprl.config import StepRLConfig
 
@@ -188,9 +190,9 @@ def compare_workers(models, role: str, rows: int, seed: int, shared: dict, plain
     data = {"input_ids": ids, "attention_mask": attention.bool(), mask_key: mask}
     data.update({"action_mask": mask, "advantages": noise} if role == "actor" else {"returns": noise})
     after = {}
-    for world_size, name, settings_ in ((1, "plain", plain), (2, "shared", shared)):
+    for world_size, name, settings_ in ((sizes[0], "plain", plain), (sizes[1], "shared", shared)):
         cfg = StepRLConfig()
-        cfg.algorithm.ppo_epochs, cfg.algorithm.num_mini_batches = 1, 1
+        cfg.algorithm.ppo_epochs, cfg.algorithm.num_mini_batches = 1, mini_batches
         cfg.optim.actor_lr = 1e-3
         for key, value in settings_.items():
             setattr(getattr(cfg, role), key, value)
@@ -199,7 +201,7 @@ def compare_workers(models, role: str, rows: int, seed: int, shared: dict, plain
         if name == "shared":  # where the loss reads them (columns past a row's end are not computed alike)
             assert torch.allclose(old[mask], data[old_key][mask], atol=1e-5)
         data[old_key] = old * mask
-        metrics = group.mean_metrics(update, data)
+        metrics = group.mean_metrics(update, data, mini_batches)
         after[name] = (group.gather_rows(compute, data), metrics[f"{role}/grad_norm"])
         group.shutdown()
     (plain_out, norm_plain), (shared_out, norm_shared) = after["plain"], after["shared"]

@@ -9,7 +9,7 @@ from typing import Any
 import ray
 import torch
 
-from steprl.modeling import TensorDict, shard_rows
+from steprl.modeling import TensorDict, balanced_order, shard_rows
 
 PLACEMENTS = ("none", "colocate", "spread")
 
@@ -107,8 +107,10 @@ class WorkerGroup:
         num_gpus: float,
         name: str,
         placement: Placement | None = None,
+        balance_rows: bool = False,
         **kwargs: Any,
     ) -> None:
+        self.balance_rows = balance_rows
         remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(worker_cls)
         self.name = name
         self.workers = [
@@ -125,9 +127,27 @@ class WorkerGroup:
     def world_size(self) -> int:
         return len(self.workers)
 
-    def scatter(self, method: str, data: TensorDict, **kwargs: Any) -> list[Any]:
-        """Call ``method`` on every rank with its shard of ``data``; return the per-rank results."""
-        shards = shard_rows(data, self.world_size)
+    def shards(self, data: TensorDict, row_groups: int = 1) -> tuple[list[TensorDict], list[int] | None]:
+        """``data`` split into one shard per rank, and the slot order used (None: rows in position order).
+
+        With ``balance_rows`` the rows are dealt so that every rank gets about as many tokens
+        (:func:`~steprl.modeling.balanced_order`); ``row_groups`` is the number of mini-batches the
+        worker splits its shard into, whose rows stay the same. Gradients and per-row results do not
+        depend on which rank holds a row (losses divide by counts summed over ranks).
+        """
+        order = None
+        tokens = data.get("cand_attention_mask", data.get("attention_mask"))
+        if self.balance_rows and self.world_size > 1 and tokens is not None:
+            lengths = tokens.reshape(tokens.shape[0], -1).sum(-1).tolist()
+            order = balanced_order(lengths, self.world_size, row_groups)
+        return shard_rows(data, self.world_size, order), order
+
+    def scatter(self, method: str, data: TensorDict, row_groups: int = 1, **kwargs: Any) -> list[Any]:
+        """Call ``method`` on every rank with its shard of ``data`` (see :meth:`shards` for
+        ``row_groups``); return the per-rank results."""
+        return self._call(method, self.shards(data, row_groups)[0], **kwargs)
+
+    def _call(self, method: str, shards: list[TensorDict], **kwargs: Any) -> list[Any]:
         return ray.get(
             [getattr(w, method).remote(s, **kwargs) for w, s in zip(self.workers, shards, strict=True)]
         )
@@ -135,11 +155,16 @@ class WorkerGroup:
     def gather_rows(self, method: str, data: TensorDict) -> torch.Tensor:
         """A per-row tensor result (log-probs, values) back in the original row order."""
         rows = data["input_ids"].shape[0]
-        parts = self.scatter(method, data)
-        return torch.cat(parts, dim=0)[:rows]
+        shards, order = self.shards(data)
+        out = torch.cat(self._call(method, shards), dim=0)
+        if order is not None:  # slot s holds row order[s]: row i is at slot argsort(order)[i]
+            out = out[torch.argsort(torch.as_tensor(order))]
+        return out[:rows]
 
-    def mean_metrics(self, method: str, data: TensorDict, **kwargs: Any) -> dict[str, float]:
-        results = self.scatter(method, data, **kwargs)
+    def mean_metrics(
+        self, method: str, data: TensorDict, row_groups: int = 1, **kwargs: Any
+    ) -> dict[str, float]:
+        results = self.scatter(method, data, row_groups, **kwargs)
         return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
 
     def call_all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:

@@ -92,8 +92,9 @@ class ArCHer(Method):
         c = ctx.cfg
         self.critic = WorkerGroup(
             ArcherCriticWorker, c.critic.world_size, c.critic.num_cpus, c.critic.num_gpus, "archer_critic",
-            model_path=ctx.policy_path, model_cfg=c.model, worker_cfg=c.critic, optim_cfg=c.optim,
-            algo_cfg=c.algorithm, seed=c.trainer.seed, tau=c.archer.tau, critic_path=c.archer.critic_path,
+            balance_rows=c.critic.balance_rows, model_path=ctx.policy_path, model_cfg=c.model,
+            worker_cfg=c.critic, optim_cfg=c.optim, algo_cfg=c.algorithm, seed=c.trainer.seed,
+            tau=c.archer.tau, critic_path=c.archer.critic_path,
         )  # fmt: skip
         ctx.add_group("archer_critic", self.critic)
         self.buffer = ReplayBuffer(c.archer.buffer_size, c.trainer.seed)

@@ -125,4 +125,6 @@ class ETO(Method):
         ref = (ref_tokens * flat["action_mask"]).sum(-1).view(len(pairs), 2)
         data["ref_logps"] = ref.to(torch.float32)
         e = ctx.cfg.eto
-        return ctx.actor.mean_metrics("dpo_step", data, beta=e.beta, lr=e.lr)
+        return ctx.actor.mean_metrics(
+            "dpo_step", data, ctx.cfg.algorithm.num_mini_batches, beta=e.beta, lr=e.lr
+        )

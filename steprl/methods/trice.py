@@ -77,5 +77,10 @@ class TRICE(Method):
     def update(self, ctx: MethodContext, prep: Prepared) -> dict[str, float] | None:
         t = ctx.cfg.trice
         return ctx.actor.mean_metrics(
-            "rank_step", prep.data, alpha=t.alpha, lr=t.lr, length_penalty=t.length_penalty
+            "rank_step",
+            prep.data,
+            ctx.cfg.algorithm.num_mini_batches,
+            alpha=t.alpha,
+            lr=t.lr,
+            length_penalty=t.length_penalty,
         )
