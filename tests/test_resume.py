@@ -105,7 +105,9 @@ TINY = [
     "rollout.group_size=2",
     "data.train_tasks=4",  # 2 iterations per pass: iteration 3 reshuffles with the restored RNG
     "data.test_tasks=2",
-    "sft.num_demos=16",
+    # enough SFT that episodes end by themselves: a policy whose every episode is cut by the token
+    # budget gives the critic no target at all (cut states are excluded), and its update is then a no-op
+    "sft.num_demos=400",
     "sft.batch_size=8",
     "trainer.save_every=1",
     "trainer.logger=[jsonl]",
